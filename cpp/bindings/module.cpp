@@ -1,0 +1,45 @@
+// PYBIND11_MODULE(_core): the native half of fastloop.
+#include <pybind11/pybind11.h>
+
+#include "handles.hpp"
+#include "hooks.hpp"
+#include "registry.hpp"
+
+namespace py = pybind11;
+
+namespace fastloop {
+
+void register_hooks(py::module_& m) {
+  m.def(
+      "_install_hooks",
+      [](const py::kwargs& kwargs) {
+        const std::pair<const char*, PyObject**> slots[] = {
+            {"report_callback_error", &g_hooks.report_callback_error},
+            {"handle_repr", &g_hooks.handle_repr},
+            {"log_slow_callback", &g_hooks.log_slow_callback},
+            {"extract_stack", &g_hooks.extract_stack},
+            {"is_coroutine_marked", &g_hooks.is_coroutine_marked},
+            {"future_type", &g_hooks.future_type},
+            {"task_type", &g_hooks.task_type},
+            {"partial_type", &g_hooks.partial_type},
+        };
+        for (const auto& [name, slot] : slots) {
+          if (!kwargs.contains(name)) throw py::type_error(std::string("missing hook ") + name);
+          PyObject* value = kwargs[name].ptr();
+          Py_INCREF(value);
+          Py_XSETREF(*slot, value);  // hooks live as long as the module
+        }
+      },
+      "Hand the core the Python helpers it calls on cold paths (fastloop/_loop.py).");
+}
+
+}  // namespace fastloop
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastloop's native core: the event loop on libuv";
+  if (!fastloop::init_strings() || !fastloop::init_handle_types(m.ptr())) {
+    throw py::error_already_set();
+  }
+  fastloop::register_loop(m);
+  fastloop::register_hooks(m);
+}

@@ -1,0 +1,447 @@
+#include "handles.hpp"
+
+#include <structmember.h>
+
+#include "hooks.hpp"
+#include "loop.hpp"
+
+namespace fastloop {
+
+PyTypeObject HandleType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+PyTypeObject TimerHandleType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+namespace {
+
+// Free lists. Every access happens with the GIL held.
+constexpr int kFreeListMax = 512;
+HandleObject* g_free_handles[kFreeListMax];
+int g_free_handles_n = 0;
+TimerHandleObject* g_free_timers[kFreeListMax];
+int g_free_timers_n = 0;
+
+template <class T>
+T* alloc_from(PyTypeObject* type, T** list, int& n) noexcept {
+  if (n > 0) {
+    T* h = list[--n];
+    // The memory kept its ob_type; only the reference count is new.
+    _Py_NewReference(reinterpret_cast<PyObject*>(h));
+    return h;
+  }
+  return PyObject_GC_New(T, type);
+}
+
+PyObject* const* handle_argv(HandleObject* h, size_t* nargsf) noexcept {
+  if (h->args_tuple != nullptr) {
+    *nargsf = static_cast<size_t>(h->nargs);
+    return &PyTuple_GET_ITEM(h->args_tuple, 0);
+  }
+  *nargsf = static_cast<size_t>(h->nargs) | PY_VECTORCALL_ARGUMENTS_OFFSET;
+  return h->slots + 1;
+}
+
+// Drops the callback and its arguments (what cancel() releases).
+void release_callback(HandleObject* h) noexcept {
+  // Detach first: a __del__ run by a DECREF below may look at this handle.
+  PyObject* cb = h->callback;
+  PyObject* tuple = h->args_tuple;
+  PyObject* inline_args[kInlineArgs];
+  const Py_ssize_t n = tuple != nullptr ? 0 : h->nargs;
+  for (Py_ssize_t i = 0; i < n; ++i) inline_args[i] = h->slots[1 + i];
+  h->callback = nullptr;
+  h->args_tuple = nullptr;
+  h->nargs = 0;
+  Py_XDECREF(cb);
+  Py_XDECREF(tuple);
+  for (Py_ssize_t i = 0; i < n; ++i) Py_DECREF(inline_args[i]);
+}
+
+void clear_all(HandleObject* h) noexcept {
+  release_callback(h);
+  Py_CLEAR(h->context);
+  Py_CLEAR(h->loop);
+  Py_CLEAR(h->source_traceback);
+  Py_CLEAR(h->cached_repr);
+}
+
+bool fill_handle(HandleObject* h, PyObject* loop, Loop* core, PyObject* callback,
+                 PyObject* const* args, Py_ssize_t nargs, PyObject* context) noexcept {
+  h->callback = Py_NewRef(callback);
+  h->loop = Py_NewRef(loop);
+  h->core = core;
+  h->source_traceback = nullptr;
+  h->cached_repr = nullptr;
+  h->cancelled = false;
+  h->running = false;
+  h->nargs = nargs;
+  h->slots[0] = nullptr;
+  if (nargs <= kInlineArgs) {
+    h->args_tuple = nullptr;
+    for (Py_ssize_t i = 0; i < nargs; ++i) h->slots[1 + i] = Py_NewRef(args[i]);
+  } else {
+    h->args_tuple = PyTuple_New(nargs);
+    if (h->args_tuple != nullptr) {
+      for (Py_ssize_t i = 0; i < nargs; ++i) PyTuple_SET_ITEM(h->args_tuple, i, Py_NewRef(args[i]));
+    }
+  }
+  if (context == nullptr || context == Py_None) {
+    h->context = PyContext_CopyCurrent();
+  } else {
+    h->context = Py_NewRef(context);
+  }
+  if (h->context == nullptr || (nargs > kInlineArgs && h->args_tuple == nullptr)) return false;
+  if (core->debug()) {
+    h->source_traceback = PyObject_CallNoArgs(g_hooks.extract_stack);
+    if (h->source_traceback == nullptr) return false;
+  }
+  return true;
+}
+
+template <class T>
+T* finish_new(T* h, bool ok) noexcept {
+  PyObject_GC_Track(h);
+  if (!ok) {
+    Py_DECREF(h);
+    return nullptr;
+  }
+  return h;
+}
+
+// ---- type slots -------------------------------------------------------------
+
+int handle_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  Py_VISIT(h->callback);
+  Py_VISIT(h->context);
+  Py_VISIT(h->loop);
+  Py_VISIT(h->args_tuple);
+  Py_VISIT(h->source_traceback);
+  Py_VISIT(h->cached_repr);
+  if (h->args_tuple == nullptr) {
+    for (Py_ssize_t i = 0; i < h->nargs; ++i) Py_VISIT(h->slots[1 + i]);
+  }
+  return 0;
+}
+
+int handle_clear(PyObject* self) {
+  clear_all(reinterpret_cast<HandleObject*>(self));
+  return 0;
+}
+
+void handle_dealloc(PyObject* self) {
+  PyObject_GC_UnTrack(self);
+  clear_all(reinterpret_cast<HandleObject*>(self));
+  if (Py_IS_TYPE(self, &HandleType) && g_free_handles_n < kFreeListMax) {
+    g_free_handles[g_free_handles_n++] = reinterpret_cast<HandleObject*>(self);
+  } else if (Py_IS_TYPE(self, &TimerHandleType) && g_free_timers_n < kFreeListMax) {
+    g_free_timers[g_free_timers_n++] = reinterpret_cast<TimerHandleObject*>(self);
+  } else {
+    PyObject_GC_Del(self);
+  }
+}
+
+PyObject* handle_repr(PyObject* self) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  if (h->cached_repr != nullptr) return Py_NewRef(h->cached_repr);
+  return PyObject_CallOneArg(g_hooks.handle_repr, self);
+}
+
+// Handle(callback, args, loop, context=None), as asyncio.events.Handle.
+PyObject* handle_new(PyTypeObject* /*type*/, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"callback", "args", "loop", "context", nullptr};
+  PyObject *callback = nullptr, *cb_args = nullptr, *loop = nullptr, *context = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:Handle", const_cast<char**>(kwlist),
+                                   &callback, &cb_args, &loop, &context)) {
+    return nullptr;
+  }
+  Loop* core = core_of(loop);
+  if (core == nullptr) {
+    PyErr_SetString(PyExc_TypeError, "Handle() needs a fastloop loop");
+    return nullptr;
+  }
+  Ref seq(cb_args == Py_None ? PyTuple_New(0) : PySequence_Tuple(cb_args));
+  if (!seq) return nullptr;
+  return reinterpret_cast<PyObject*>(new_handle(loop, core, callback,
+                                                &PyTuple_GET_ITEM(seq.get(), 0),
+                                                PyTuple_GET_SIZE(seq.get()), context));
+}
+
+PyObject* handle_cancel_meth(PyObject* self, PyObject* /*unused*/) {
+  cancel_handle(reinterpret_cast<HandleObject*>(self));
+  Py_RETURN_NONE;
+}
+
+PyObject* handle_cancelled_meth(PyObject* self, PyObject* /*unused*/) {
+  return PyBool_FromLong(reinterpret_cast<HandleObject*>(self)->cancelled);
+}
+
+PyObject* handle_get_context(PyObject* self, PyObject* /*unused*/) {
+  return Py_NewRef(reinterpret_cast<HandleObject*>(self)->context);
+}
+
+PyObject* handle_run_meth(PyObject* self, PyObject* /*unused*/) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  if (h->cancelled || h->callback == nullptr) Py_RETURN_NONE;
+  if (!run_handle(h)) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* get_callback(PyObject* self, void* /*closure*/) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  return Py_NewRef(h->callback != nullptr ? h->callback : Py_None);
+}
+
+PyObject* get_args(PyObject* self, void* /*closure*/) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  if (h->callback == nullptr) Py_RETURN_NONE;
+  if (h->args_tuple != nullptr) return Py_NewRef(h->args_tuple);
+  PyObject* t = PyTuple_New(h->nargs);
+  if (t == nullptr) return nullptr;
+  for (Py_ssize_t i = 0; i < h->nargs; ++i) PyTuple_SET_ITEM(t, i, Py_NewRef(h->slots[1 + i]));
+  return t;
+}
+
+PyObject* get_cancelled(PyObject* self, void* /*closure*/) {
+  return PyBool_FromLong(reinterpret_cast<HandleObject*>(self)->cancelled);
+}
+
+PyObject* get_loop(PyObject* self, void* /*closure*/) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  return Py_NewRef(h->loop != nullptr ? h->loop : Py_None);
+}
+
+PyObject* get_context(PyObject* self, void* /*closure*/) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  return Py_NewRef(h->context != nullptr ? h->context : Py_None);
+}
+
+PyObject* get_source_traceback(PyObject* self, void* /*closure*/) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  return Py_NewRef(h->source_traceback != nullptr ? h->source_traceback : Py_None);
+}
+
+PyObject* timer_when(PyObject* self, PyObject* /*unused*/) {
+  return PyFloat_FromDouble(reinterpret_cast<TimerHandleObject*>(self)->when);
+}
+
+PyObject* get_when(PyObject* self, void* /*closure*/) {
+  return PyFloat_FromDouble(reinterpret_cast<TimerHandleObject*>(self)->when);
+}
+
+PyObject* get_scheduled(PyObject* self, void* /*closure*/) {
+  return PyBool_FromLong(reinterpret_cast<TimerHandleObject*>(self)->scheduled);
+}
+
+// TimerHandles order by deadline; equality also compares what they run, as
+// asyncio.TimerHandle does.
+PyObject* timer_richcompare(PyObject* a, PyObject* b, int op) {
+  if (!is_timer_handle(b)) Py_RETURN_NOTIMPLEMENTED;
+  auto* x = reinterpret_cast<TimerHandleObject*>(a);
+  auto* y = reinterpret_cast<TimerHandleObject*>(b);
+  if (op == Py_EQ || op == Py_NE) {
+    bool eq = x == y;
+    if (!eq && x->when == y->when && x->cancelled == y->cancelled) {
+      Ref xa(get_args(a, nullptr));
+      Ref ya(get_args(b, nullptr));
+      if (!xa || !ya) return nullptr;
+      PyObject* xc = x->callback != nullptr ? x->callback : Py_None;
+      PyObject* yc = y->callback != nullptr ? y->callback : Py_None;
+      int r = PyObject_RichCompareBool(xc, yc, Py_EQ);
+      if (r < 0) return nullptr;
+      if (r == 1) r = PyObject_RichCompareBool(xa.get(), ya.get(), Py_EQ);
+      if (r < 0) return nullptr;
+      eq = r == 1;
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+  }
+  Py_RETURN_RICHCOMPARE(x->when, y->when, op);
+}
+
+Py_hash_t timer_hash(PyObject* self) {
+  Ref w(PyFloat_FromDouble(reinterpret_cast<TimerHandleObject*>(self)->when));
+  return w ? PyObject_Hash(w.get()) : -1;
+}
+
+PyMethodDef kHandleMethods[] = {
+    {"cancel", handle_cancel_meth, METH_NOARGS, "Cancel the callback if it has not run yet."},
+    {"cancelled", handle_cancelled_meth, METH_NOARGS, "True once cancel() was called."},
+    {"get_context", handle_get_context, METH_NOARGS, "The contextvars.Context it runs in."},
+    {"_run", handle_run_meth, METH_NOARGS, "Run the callback now, as the loop does."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyMethodDef kTimerHandleMethods[] = {
+    {"when", timer_when, METH_NOARGS, "The loop time at which the callback is due."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef kHandleGetSet[] = {
+    {"_callback", get_callback, nullptr, nullptr, nullptr},
+    {"_args", get_args, nullptr, nullptr, nullptr},
+    {"_cancelled", get_cancelled, nullptr, nullptr, nullptr},
+    {"_loop", get_loop, nullptr, nullptr, nullptr},
+    {"_context", get_context, nullptr, nullptr, nullptr},
+    {"_source_traceback", get_source_traceback, nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyGetSetDef kTimerHandleGetSet[] = {
+    {"_when", get_when, nullptr, nullptr, nullptr},
+    {"_scheduled", get_scheduled, nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+// Is `f` a coroutine function as asyncio.iscoroutinefunction() sees it?
+// Decides the common cases (functions, bound methods, partials, C callables)
+// without a Python call. Returns -1 with an exception set on error.
+int is_coroutine_function(PyObject* f) noexcept {
+  Ref held;  // keeps an unwrapped partial's function alive
+  for (int depth = 0; depth < 16; ++depth) {
+    if (PyMethod_Check(f)) {
+      f = PyMethod_GET_FUNCTION(f);
+    } else if (g_hooks.partial_type != nullptr &&
+               PyObject_TypeCheck(f, reinterpret_cast<PyTypeObject*>(g_hooks.partial_type))) {
+      held = Ref(PyObject_GetAttrString(f, "func"));
+      if (!held) return -1;
+      f = held.get();
+    } else {
+      break;
+    }
+  }
+  if (PyFunction_Check(f)) {
+    auto* code = reinterpret_cast<PyCodeObject*>(PyFunction_GET_CODE(f));
+    return (code->co_flags & CO_COROUTINE) != 0 ? 1 : 0;
+  }
+  // Instances of Python classes may carry asyncio's marker (AsyncMock does).
+  if (PyType_HasFeature(Py_TYPE(f), Py_TPFLAGS_HEAPTYPE) && !PyType_Check(f)) {
+    Ref r(PyObject_CallOneArg(g_hooks.is_coroutine_marked, f));
+    if (!r) return -1;
+    return PyObject_IsTrue(r.get());
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool check_callback(PyObject* callback, const char* method) noexcept {
+  int is_coro = PyCoro_CheckExact(callback) ? 1 : is_coroutine_function(callback);
+  if (is_coro < 0) return false;
+  if (is_coro == 1) {
+    PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", method);
+    return false;
+  }
+  if (!PyCallable_Check(callback)) {
+    PyErr_Format(PyExc_TypeError, "a callable object was expected by %s(), got %R", method,
+                 callback);
+    return false;
+  }
+  return true;
+}
+
+HandleObject* new_handle(PyObject* loop, Loop* core, PyObject* callback, PyObject* const* args,
+                         Py_ssize_t nargs, PyObject* context) noexcept {
+  HandleObject* h = alloc_from(&HandleType, g_free_handles, g_free_handles_n);
+  if (h == nullptr) return nullptr;
+  return finish_new(h, fill_handle(h, loop, core, callback, args, nargs, context));
+}
+
+TimerHandleObject* new_timer_handle(PyObject* loop, Loop* core, double when, PyObject* callback,
+                                    PyObject* const* args, Py_ssize_t nargs,
+                                    PyObject* context) noexcept {
+  TimerHandleObject* h = alloc_from(&TimerHandleType, g_free_timers, g_free_timers_n);
+  if (h == nullptr) return nullptr;
+  h->when = when;
+  h->scheduled = false;
+  return finish_new(h, fill_handle(h, loop, core, callback, args, nargs, context));
+}
+
+void cancel_handle(HandleObject* h) noexcept {
+  if (h->cancelled) return;
+  // Set first: a heap compaction triggered below looks for cancelled timers.
+  h->cancelled = true;
+  if (is_timer_handle(reinterpret_cast<PyObject*>(h))) {
+    auto* t = static_cast<TimerHandleObject*>(h);
+    if (t->scheduled && h->core != nullptr) h->core->timer_cancelled();
+  }
+  if (h->core != nullptr && h->core->debug() && h->cached_repr == nullptr) {
+    // asyncio keeps the repr of a cancelled handle for debugging.
+    h->cached_repr = PyObject_CallOneArg(g_hooks.handle_repr, reinterpret_cast<PyObject*>(h));
+    if (h->cached_repr == nullptr) PyErr_Clear();
+  }
+  // While the callback runs, run_handle() holds borrowed pointers to it.
+  if (!h->running) release_callback(h);
+}
+
+bool run_handle(HandleObject* h) noexcept {
+  size_t nargsf = 0;
+  PyObject* const* argv = handle_argv(h, &nargsf);
+  PyObject* result = nullptr;
+  h->running = true;
+  if (PyContext_Enter(h->context) == 0) {
+    result = PyObject_Vectorcall(h->callback, argv, nargsf, nullptr);
+    if (PyContext_Exit(h->context) < 0) Py_CLEAR(result);
+  }
+  h->running = false;
+  bool ok = true;
+  if (result != nullptr) {
+    Py_DECREF(result);
+  } else if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+             PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    ok = false;
+  } else {
+    PyObject* exc = take_exception();
+    PyObject* r = PyObject_CallFunctionObjArgs(g_hooks.report_callback_error,
+                                               reinterpret_cast<PyObject*>(h), exc, nullptr);
+    Py_XDECREF(exc);
+    ok = r != nullptr;
+    Py_XDECREF(r);
+  }
+  if (h->cancelled && h->callback != nullptr) {
+    // cancel() was called by the callback itself; release what it deferred.
+    if (!ok) {
+      PyObject* exc = take_exception();
+      release_callback(h);
+      restore_exception(exc);
+    } else {
+      release_callback(h);
+    }
+  }
+  return ok;
+}
+
+bool init_handle_types(PyObject* module) noexcept {
+  HandleType.tp_name = "fastloop._core.Handle";
+  HandleType.tp_doc = "A callback scheduled on a fastloop loop (asyncio.Handle's interface).";
+  HandleType.tp_basicsize = sizeof(HandleObject);
+  HandleType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE;
+  HandleType.tp_new = handle_new;
+  HandleType.tp_dealloc = handle_dealloc;
+  HandleType.tp_traverse = handle_traverse;
+  HandleType.tp_clear = handle_clear;
+  HandleType.tp_repr = handle_repr;
+  HandleType.tp_methods = kHandleMethods;
+  HandleType.tp_getset = kHandleGetSet;
+  if (PyType_Ready(&HandleType) < 0) return false;
+
+  TimerHandleType.tp_name = "fastloop._core.TimerHandle";
+  TimerHandleType.tp_doc = "A callback scheduled for a time (asyncio.TimerHandle's interface).";
+  TimerHandleType.tp_basicsize = sizeof(TimerHandleObject);
+  TimerHandleType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+  TimerHandleType.tp_base = &HandleType;
+  TimerHandleType.tp_dealloc = handle_dealloc;
+  TimerHandleType.tp_traverse = handle_traverse;
+  TimerHandleType.tp_clear = handle_clear;
+  TimerHandleType.tp_repr = handle_repr;
+  TimerHandleType.tp_richcompare = timer_richcompare;
+  TimerHandleType.tp_hash = timer_hash;
+  TimerHandleType.tp_methods = kTimerHandleMethods;
+  TimerHandleType.tp_getset = kTimerHandleGetSet;
+  if (PyType_Ready(&TimerHandleType) < 0) return false;
+
+  if (PyModule_AddObjectRef(module, "Handle", reinterpret_cast<PyObject*>(&HandleType)) < 0) {
+    return false;
+  }
+  return PyModule_AddObjectRef(module, "TimerHandle",
+                               reinterpret_cast<PyObject*>(&TimerHandleType)) == 0;
+}
+
+}  // namespace fastloop

@@ -1,0 +1,182 @@
+// The C++ core of a fastloop loop: the uv_loop_t, the ready queue, the timer
+// heap and one iteration of the loop, which follows asyncio's
+// BaseEventLoop._run_once:
+//   1. poll for I/O: without blocking while callbacks are ready, otherwise
+//      until the earliest timer is due;
+//   2. move the timers that are due (by the monotonic clock, never early)
+//      to the ready queue;
+//   3. run the callbacks that were ready when step 3 began; what they
+//      schedule runs in the next iteration.
+//
+// The GIL is released only while libuv waits in the kernel. libuv callbacks
+// that touch Python take it back for their duration (GilFromLibuv).
+#pragma once
+
+#include <uv.h>
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "handles.hpp"
+#include "poll.hpp"
+#include "signals.hpp"
+#include "timers.hpp"
+
+namespace fastloop {
+
+// A FIFO of owned references, on a power-of-two ring buffer.
+class ReadyQueue {
+ public:
+  ReadyQueue() : buf_(kInitial) {}
+  bool empty() const noexcept { return size_ == 0; }
+  size_t size() const noexcept { return size_; }
+  // Steals the reference.
+  void push(HandleObject* h) {
+    if (size_ == buf_.size()) grow();
+    buf_[(head_ + size_) & (buf_.size() - 1)] = h;
+    ++size_;
+  }
+  // Returns the reference.
+  HandleObject* pop() noexcept {
+    HandleObject* h = buf_[head_];
+    head_ = (head_ + 1) & (buf_.size() - 1);
+    --size_;
+    return h;
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    for (size_t i = 0; i < size_; ++i) f(buf_[(head_ + i) & (buf_.size() - 1)]);
+  }
+
+ private:
+  static constexpr size_t kInitial = 64;
+  void grow() {
+    std::vector<HandleObject*> bigger(buf_.size() * 2);
+    for (size_t i = 0; i < size_; ++i) bigger[i] = buf_[(head_ + i) & (buf_.size() - 1)];
+    buf_.swap(bigger);
+    head_ = 0;
+  }
+  std::vector<HandleObject*> buf_;
+  size_t head_ = 0;
+  size_t size_ = 0;
+};
+
+class Loop {
+ public:
+  Loop();
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  // ---- state ----
+  bool closed() const noexcept { return closed_; }
+  bool running() const noexcept { return thread_id_ != 0; }
+  unsigned long thread_id() const noexcept { return thread_id_; }
+  bool debug() const noexcept { return debug_; }
+  void set_debug(bool on) noexcept { debug_ = on; }
+  uv_loop_t* uv() noexcept { return &uv_; }
+  // The task factory (a new reference is kept), nullptr for asyncio.Task.
+  PyObject* task_factory() const noexcept { return task_factory_; }
+  void set_task_factory(PyObject* factory) noexcept {
+    Py_XINCREF(factory);
+    Py_XSETREF(task_factory_, factory);
+  }
+
+  // RuntimeError('Event loop is closed') unless open. False with it set.
+  bool check_open() const noexcept;
+  // Debug mode: RuntimeError when called from a thread other than the one
+  // running the loop. False with it set.
+  bool check_thread() const noexcept;
+
+  // ---- scheduling (GIL held) ----
+  // Takes a new reference to `h`.
+  void push_ready(HandleObject* h) {
+    Py_INCREF(h);
+    ready_.push(h);
+  }
+  // Takes a new reference to `h`.
+  void push_timer(TimerHandleObject* h) { timers_.push(h); }
+  void timer_cancelled() noexcept { timers_.note_cancelled(); }
+  // From another thread: make a sleeping loop look at its ready queue.
+  void wake_up() noexcept;
+
+  // ---- running ----
+  // Runs iterations until stop(); `self` is the Python loop object. Returns
+  // false with an exception set when one propagates out of a callback.
+  bool run_forever(PyObject* self);
+  void stop() noexcept { stopping_ = true; }
+  // Releases every callback and closes the libuv handles. Idempotent.
+  void close();
+
+  // A libuv callback hit an exception that must leave run_forever (e.g.
+  // KeyboardInterrupt from a signal): keep it and end the current poll.
+  void defer_exception(PyObject* exc) noexcept;
+
+  // The Python object this core belongs to, while it runs.
+  PyObject* self() const noexcept { return self_; }
+
+  FdWatchers& fd_watchers() noexcept { return watchers_; }
+  SignalWakeup& signal_wakeup() noexcept { return *signals_; }
+
+  // Garbage collector support for the owning Python object.
+  int traverse(visitproc visit, void* arg) const;
+  void clear_references() noexcept;
+
+  // Saved thread state while the GIL is released around a blocking poll.
+  PyThreadState* released_tstate_ = nullptr;
+
+ private:
+  friend class GilFromLibuv;
+  bool run_once();
+  void poll_io(bool may_block);
+  bool run_ready_in_debug(HandleObject* h);
+  static void on_wakeup(uv_async_t* async) noexcept;
+  static void on_timer(uv_timer_t* timer) noexcept;
+
+  uv_loop_t uv_{};
+  uv_timer_t timer_{};   // armed at the earliest deadline before blocking
+  uv_async_t wakeup_{};  // call_soon_threadsafe's wake-up; also keeps uv_run alive
+  ReadyQueue ready_;
+  TimerHeap timers_;
+  FdWatchers watchers_;
+  std::unique_ptr<SignalWakeup> signals_;
+
+  PyObject* self_ = nullptr;  // borrowed: the Python object embedding this core
+  PyObject* deferred_exc_ = nullptr;
+  PyObject* task_factory_ = nullptr;
+  unsigned long thread_id_ = 0;
+  double last_poll_ = 0.0;
+  bool closed_ = false;
+  bool stopping_ = false;
+  bool debug_ = false;
+  bool sleeping_ = false;  // in a blocking poll; read and written with the GIL held
+  bool uv_open_ = false;
+};
+
+// Holds the GIL for the body of a libuv callback: takes it back if the loop
+// released it around a blocking poll, and releases it again on exit.
+class GilFromLibuv {
+ public:
+  explicit GilFromLibuv(Loop* loop) noexcept : loop_(loop), tstate_(loop->released_tstate_) {
+    if (tstate_ != nullptr) {
+      loop_->released_tstate_ = nullptr;
+      PyEval_RestoreThread(tstate_);
+    }
+  }
+  ~GilFromLibuv() {
+    if (tstate_ != nullptr) loop_->released_tstate_ = PyEval_SaveThread();
+  }
+  GilFromLibuv(const GilFromLibuv&) = delete;
+  GilFromLibuv& operator=(const GilFromLibuv&) = delete;
+
+ private:
+  Loop* loop_;
+  PyThreadState* tstate_;
+};
+
+// The C++ core of a Python object that is a fastloop loop, or nullptr
+// (not a loop, or its __init__ has not run).
+Loop* core_of(PyObject* obj) noexcept;
+
+}  // namespace fastloop

@@ -1,0 +1,119 @@
+#include "poll.hpp"
+
+#include <fcntl.h>
+
+#include "loop.hpp"
+
+namespace fastloop {
+
+int FdWatchers::add(int fd, Interest what, HandleObject* h) {
+  Watcher* w = nullptr;
+  auto it = by_fd_.find(fd);
+  if (it != by_fd_.end()) {
+    w = it->second;
+  } else {
+    w = new Watcher{{}, loop_, fd, nullptr, nullptr};
+    // libuv makes the fd non-blocking; asyncio's add_reader leaves it as it
+    // was, and so do we.
+    const int flags = fcntl(fd, F_GETFL);
+    const int err = uv_poll_init(loop_->uv(), &w->poll, fd);
+    if (flags >= 0) fcntl(fd, F_SETFL, flags);
+    if (err < 0) {
+      delete w;
+      return err;
+    }
+    w->poll.data = w;
+    by_fd_.emplace(fd, w);
+  }
+  HandleObject*& slot = what == Interest::kRead ? w->reader : w->writer;
+  HandleObject* old = slot;
+  Py_INCREF(h);
+  slot = h;
+  const int err = restart(w);
+  if (err < 0) {
+    slot = old;
+    Py_DECREF(h);
+    if (w->reader == nullptr && w->writer == nullptr) retire(w);
+    return err;
+  }
+  if (old != nullptr) {
+    cancel_handle(old);
+    Py_DECREF(old);
+  }
+  return 0;
+}
+
+bool FdWatchers::remove(int fd, Interest what) {
+  auto it = by_fd_.find(fd);
+  if (it == by_fd_.end()) return false;
+  Watcher* w = it->second;
+  HandleObject*& slot = what == Interest::kRead ? w->reader : w->writer;
+  HandleObject* old = slot;
+  if (old == nullptr) return false;
+  slot = nullptr;
+  if (w->reader == nullptr && w->writer == nullptr) {
+    retire(w);
+  } else {
+    restart(w);
+  }
+  // Released last: cancelling may run Python code that watches fds again.
+  cancel_handle(old);
+  Py_DECREF(old);
+  return true;
+}
+
+int FdWatchers::restart(Watcher* w) {
+  int events = 0;
+  if (w->reader != nullptr) events |= UV_READABLE;
+  if (w->writer != nullptr) events |= UV_WRITABLE;
+  return uv_poll_start(&w->poll, events, on_poll);
+}
+
+void FdWatchers::retire(Watcher* w) {
+  by_fd_.erase(w->fd);
+  uv_poll_stop(&w->poll);
+  // Ownership passes to libuv until the close callback frees the watcher.
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), on_close);
+}
+
+void FdWatchers::on_close(uv_handle_t* handle) noexcept {
+  delete static_cast<Watcher*>(handle->data);
+}
+
+void FdWatchers::on_poll(uv_poll_t* poll, int status, int events) noexcept {
+  auto* w = static_cast<Watcher*>(poll->data);
+  if (status < 0) {
+    // An error on the fd (e.g. it was closed): let both callbacks run and
+    // find out, as a selector reports such an fd ready.
+    events = UV_READABLE | UV_WRITABLE;
+  }
+  GilFromLibuv gil(w->loop);
+  if ((events & UV_READABLE) != 0 && w->reader != nullptr) w->loop->push_ready(w->reader);
+  if ((events & UV_WRITABLE) != 0 && w->writer != nullptr) w->loop->push_ready(w->writer);
+}
+
+void FdWatchers::close_all() {
+  std::vector<HandleObject*> released;
+  for (auto& [fd, w] : by_fd_) {
+    if (w->reader != nullptr) released.push_back(w->reader);
+    if (w->writer != nullptr) released.push_back(w->writer);
+    w->reader = w->writer = nullptr;
+    uv_poll_stop(&w->poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), on_close);
+  }
+  by_fd_.clear();
+  for (HandleObject* h : released) {
+    cancel_handle(h);
+    Py_DECREF(h);
+  }
+}
+
+int FdWatchers::traverse(visitproc visit, void* arg) const {
+  for (const auto& [fd, w] : by_fd_) {
+    if (w->reader != nullptr) Py_VISIT(w->reader);
+    if (w->writer != nullptr) Py_VISIT(w->writer);
+  }
+  return 0;
+}
+
+}  // namespace fastloop

@@ -1,0 +1,52 @@
+// add_reader / add_writer: one uv_poll_t per watched fd, carrying the reader
+// and writer Handles. When the fd is ready, its handles join the ready queue,
+// as asyncio's selector loop does.
+#pragma once
+
+#include <uv.h>
+
+#include <unordered_map>
+
+#include "handles.hpp"
+
+namespace fastloop {
+
+class Loop;
+
+enum class Interest { kRead, kWrite };
+
+class FdWatchers {
+ public:
+  explicit FdWatchers(Loop* loop) noexcept : loop_(loop) {}
+  FdWatchers(const FdWatchers&) = delete;
+  FdWatchers& operator=(const FdWatchers&) = delete;
+
+  // Watches `fd` and queues `h` (a new reference is taken) when it is ready,
+  // replacing (and cancelling) a previous handle. Returns 0 or a libuv error.
+  int add(int fd, Interest what, HandleObject* h);
+  // Stops watching; cancels the handle. False when nothing was registered.
+  bool remove(int fd, Interest what);
+  bool empty() const noexcept { return by_fd_.empty(); }
+
+  // Loop close: cancel every handle and close every uv_poll_t.
+  void close_all();
+  int traverse(visitproc visit, void* arg) const;
+
+ private:
+  struct Watcher {
+    uv_poll_t poll;
+    Loop* loop;
+    int fd;
+    HandleObject* reader;
+    HandleObject* writer;
+  };
+  static void on_poll(uv_poll_t* poll, int status, int events) noexcept;
+  static void on_close(uv_handle_t* handle) noexcept;
+  int restart(Watcher* w);
+  void retire(Watcher* w);
+
+  Loop* loop_;
+  std::unordered_map<int, Watcher*> by_fd_;
+};
+
+}  // namespace fastloop

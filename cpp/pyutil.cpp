@@ -1,0 +1,23 @@
+#include "pyutil.hpp"
+
+#include "hooks.hpp"
+
+namespace fastloop {
+
+Strings g_str{};
+Hooks g_hooks{};
+
+bool init_strings() noexcept {
+  g_str.context = PyUnicode_InternFromString("context");
+  g_str.loop = PyUnicode_InternFromString("loop");
+  g_str.name = PyUnicode_InternFromString("name");
+  g_str.call_exception_handler = PyUnicode_InternFromString("call_exception_handler");
+  g_str.slow_callback_duration = PyUnicode_InternFromString("slow_callback_duration");
+  g_str.kw_loop = Py_BuildValue("(O)", g_str.loop);
+  g_str.kw_loop_name_ctx = Py_BuildValue("(OOO)", g_str.loop, g_str.name, g_str.context);
+  return g_str.context != nullptr && g_str.loop != nullptr && g_str.name != nullptr &&
+         g_str.call_exception_handler != nullptr && g_str.slow_callback_duration != nullptr &&
+         g_str.kw_loop != nullptr && g_str.kw_loop_name_ctx != nullptr;
+}
+
+}  // namespace fastloop

@@ -1,0 +1,93 @@
+// Small helpers over CPython's C API shared by the core: an owning reference,
+// exception capture that works on every supported Python, and the clock.
+#pragma once
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cstdint>
+#include <ctime>
+#include <utility>
+
+namespace fastloop {
+
+// An owning PyObject reference (one Py_DECREF on destruction).
+class Ref {
+ public:
+  Ref() = default;
+  explicit Ref(PyObject* owned) noexcept : p_(owned) {}
+  static Ref borrow(PyObject* p) noexcept {
+    Py_XINCREF(p);
+    return Ref(p);
+  }
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  Ref(Ref&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  Ref& operator=(Ref&& o) noexcept {
+    if (this != &o) {
+      PyObject* old = std::exchange(p_, std::exchange(o.p_, nullptr));
+      Py_XDECREF(old);
+    }
+    return *this;
+  }
+  ~Ref() { Py_XDECREF(p_); }
+
+  PyObject* get() const noexcept { return p_; }
+  PyObject* release() noexcept { return std::exchange(p_, nullptr); }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ private:
+  PyObject* p_ = nullptr;
+};
+
+// Takes the raised exception (normalized, traceback attached) out of the
+// error indicator. Returns a new reference, or nullptr when nothing was raised.
+inline PyObject* take_exception() noexcept {
+#if PY_VERSION_HEX >= 0x030C0000
+  return PyErr_GetRaisedException();
+#else
+  PyObject *type = nullptr, *value = nullptr, *tb = nullptr;
+  PyErr_Fetch(&type, &value, &tb);
+  if (type == nullptr) return nullptr;
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != nullptr && value != nullptr) PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return value;
+#endif
+}
+
+// Puts an exception taken with take_exception() back (steals the reference).
+inline void restore_exception(PyObject* exc) noexcept {
+#if PY_VERSION_HEX >= 0x030C0000
+  PyErr_SetRaisedException(exc);
+#else
+  PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(exc));
+  Py_INCREF(type);
+  PyErr_Restore(type, exc, PyException_GetTraceback(exc));
+#endif
+}
+
+// The clock of time.monotonic(), with the same conversion to seconds, so
+// loop.time() and time.monotonic() can be compared directly.
+inline double monotonic_seconds() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  const int64_t ns = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  return static_cast<double>(ns) / 1e9;
+}
+
+// Interned strings used on hot paths, created once at module init.
+struct Strings {
+  PyObject* context;
+  PyObject* loop;
+  PyObject* name;
+  PyObject* call_exception_handler;
+  PyObject* slow_callback_duration;
+  PyObject* kw_loop;          // ("loop",)
+  PyObject* kw_loop_name_ctx;  // ("loop", "name", "context")
+};
+extern Strings g_str;
+bool init_strings() noexcept;
+
+}  // namespace fastloop

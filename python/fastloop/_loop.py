@@ -1,0 +1,550 @@
+"""fastloop.Loop: the event loop users get.
+
+The native core (``_core.Loop``) owns the iteration, the ready queue, the
+timers, fd watching and the hot entry points (``call_soon`` & co.). This
+module adds what asyncio's loop does around them in Python: running and
+closing, exception handlers, executors, async generators, signal handlers
+and task factories. Names and messages mirror ``asyncio.base_events`` and
+``asyncio.unix_events`` so the two can be read side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import functools
+import logging
+import signal
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from asyncio import constants, coroutines, events, format_helpers, futures, tasks
+
+from . import _core
+
+# asyncio's own logger: logging set up for asyncio sees fastloop's reports.
+logger = logging.getLogger("asyncio")
+
+_THREAD_JOIN_TIMEOUT = getattr(constants, "THREAD_JOIN_TIMEOUT", None)
+
+
+# ---- helpers the core calls (see cpp/hooks.hpp) ------------------------------
+
+
+def _format_callback(callback, args) -> str:
+    try:
+        return format_helpers._format_callback_source(callback, args)
+    except Exception:  # a private helper of asyncio: never let it break a report
+        return repr(callback)
+
+
+def _handle_repr(handle) -> str:
+    info = [type(handle).__name__]
+    if handle.cancelled():
+        info.append("cancelled")
+    if isinstance(handle, _core.TimerHandle):
+        info.insert(2 if handle.cancelled() else 1, f"when={handle.when()}")
+    if handle._callback is not None:
+        info.append(_format_callback(handle._callback, handle._args))
+    if handle._source_traceback:
+        frame = handle._source_traceback[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
+    return "<{}>".format(" ".join(info))
+
+
+def _report_callback_error(handle, exc) -> None:
+    context = {
+        "message": f"Exception in callback {_format_callback(handle._callback, handle._args)}",
+        "exception": exc,
+        "handle": handle,
+    }
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
+def _log_slow_callback(handle, seconds: float) -> None:
+    logger.warning("Executing %s took %.3f seconds", _handle_repr(handle), seconds)
+
+
+def _extract_stack():
+    # Frame 1 is the Python code that called call_soon & co.
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def _is_coroutine_marked(obj) -> bool:
+    return getattr(obj, "_is_coroutine", None) is getattr(coroutines, "_is_coroutine", object())
+
+
+_core._install_hooks(
+    report_callback_error=_report_callback_error,
+    handle_repr=_handle_repr,
+    log_slow_callback=_log_slow_callback,
+    extract_stack=_extract_stack,
+    is_coroutine_marked=_is_coroutine_marked,
+    future_type=asyncio.Future,
+    task_type=asyncio.Task,
+    partial_type=functools.partial,
+)
+
+
+def _fileobj_to_fd(fileobj) -> int:
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _sighandler_noop(signum, frame):
+    """Python-level handler for signals the loop dispatches itself."""
+
+
+def _run_until_complete_cb(fut):
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # The exception leaves run_forever by itself; stopping now would
+            # lose it.
+            return
+    futures._get_loop(fut).stop()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class Loop(_core.Loop, asyncio.AbstractEventLoop):
+    """An asyncio event loop running on fastloop's libuv core."""
+
+    __module__ = "fastloop"
+
+    def __init__(self):
+        super().__init__()
+        self.slow_callback_duration = 0.1
+        self._exception_handler = None
+        self._default_executor = None
+        self._executor_shutdown_called = False
+        self._asyncgens = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._signal_handlers = {}
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self.set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self):
+        return (
+            f"<{type(self).__module__}.{type(self).__qualname__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    def __del__(self, _warn=warnings.warn):
+        try:
+            closed = self.is_closed()
+        except TypeError:  # __init__ never ran
+            return
+        if not closed:
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # ---- running and stopping ----------------------------------------------
+
+    def _check_closed(self):
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+
+    def _check_running(self):
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def run_forever(self):
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        wakeup = self._claim_signal_wakeup()
+        try:
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run()
+        finally:
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+            self._release_signal_wakeup(wakeup)
+
+    def run_until_complete(self, future):
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # A task made here is ours: an exception it ends with is raised
+            # below, so it must not also be logged as never retrieved.
+            future._log_destroy_pending = False
+        future.add_done_callback(_run_until_complete_cb)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()  # mark it retrieved: it is propagating now
+            raise
+        finally:
+            future.remove_done_callback(_run_until_complete_cb)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self):
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        if self._signal_handlers:
+            if sys.is_finalizing():
+                warnings.warn(
+                    f"Closing the loop {self!r} on interpreter shutdown "
+                    f"stage, skipping signal handlers removal",
+                    ResourceWarning,
+                    source=self,
+                )
+                self._signal_handlers.clear()
+            else:
+                for sig in list(self._signal_handlers):
+                    self.remove_signal_handler(sig)
+        self._executor_shutdown_called = True
+        executor, self._default_executor = self._default_executor, None
+        self._close()
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    # ---- debug mode ----------------------------------------------------------
+
+    def set_debug(self, enabled):
+        self._set_debug(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    def _set_coroutine_origin_tracking(self, enabled):
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    # ---- tasks ---------------------------------------------------------------
+
+    def _create_task_general(self, coro, *, name=None, context=None, **kwargs):
+        """create_task() when the native fast path does not apply."""
+        self._check_closed()
+        factory = self._task_factory
+        if factory is None:
+            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+        else:
+            if context is not None:
+                kwargs["context"] = context
+            task = factory(self, coro, **kwargs)
+            if name is not None:
+                task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory):
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self):
+        return self._task_factory
+
+    # ---- exception handling --------------------------------------------------
+
+    def get_exception_handler(self):
+        return self._exception_handler
+
+    def set_exception_handler(self, handler):
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context):
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info = (type(exception), exception, exception.__traceback__) if exception else False
+        lines = [message]
+        for key in sorted(context):
+            if key in ("message", "exception"):
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                stack = "".join(traceback.format_list(value)).rstrip()
+                value = f"Object created at (most recent call last):\n{stack}"
+            elif key == "handle_traceback":
+                stack = "".join(traceback.format_list(value)).rstrip()
+                value = f"Handle created at (most recent call last):\n{stack}"
+            else:
+                value = repr(value)
+            lines.append(f"{key}: {value}")
+        logger.error("\n".join(lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context):
+        if self._exception_handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            self._exception_handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {
+                        "message": "Unhandled error in exception handler",
+                        "exception": exc,
+                        "context": context,
+                    }
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error(
+                    "Exception in default exception handler while handling an "
+                    "unexpected error in custom exception handler",
+                    exc_info=True,
+                )
+
+    # ---- executors -----------------------------------------------------------
+
+    def run_in_executor(self, executor, func, *args):
+        self._check_closed()
+        if self.get_debug():
+            self._check_callback(func, "run_in_executor")
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            executor = self._default_executor
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor):
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout=_THREAD_JOIN_TIMEOUT):
+        """Join the default executor's threads; wait at most `timeout` seconds."""
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        done = self.create_future()
+        thread = threading.Thread(target=self._join_executor, args=(executor, done))
+        thread.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except asyncio.TimeoutError:
+            warnings.warn(
+                "The executor did not finishing joining its threads within "
+                f"{timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            executor.shutdown(wait=False)
+        else:
+            thread.join()
+
+    def _join_executor(self, executor, done):
+        try:
+            executor.shutdown(wait=True)
+            result = (done.set_result, None)
+        except Exception as exc:
+            result = (done.set_exception, exc)
+        if not self.is_closed():
+            self.call_soon_threadsafe(_resolve_unless_done, done, *result)
+
+    def _check_callback(self, callback, method):
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError(f"coroutines cannot be used with {method}()")
+        if not callable(callback):
+            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+    # ---- async generators ----------------------------------------------------
+
+    def _asyncgen_finalizer_hook(self, agen):
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    def _asyncgen_firstiter_hook(self, agen):
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    async def shutdown_asyncgens(self):
+        self._asyncgens_shutdown_called = True
+        if not self._asyncgens:
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
+        for result, agen in zip(results, closing):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # ---- watching file descriptors -------------------------------------------
+
+    def add_reader(self, fd, callback, *args):
+        fd = _fileobj_to_fd(fd)
+        self._check_closed()
+        self._add_reader(fd, callback, args, None)
+
+    def remove_reader(self, fd):
+        fd = _fileobj_to_fd(fd)
+        if self.is_closed():
+            return False
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd, callback, *args):
+        fd = _fileobj_to_fd(fd)
+        self._check_closed()
+        self._add_writer(fd, callback, args, None)
+
+    def remove_writer(self, fd):
+        fd = _fileobj_to_fd(fd)
+        if self.is_closed():
+            return False
+        return self._remove_writer(fd)
+
+    # ---- signals ---------------------------------------------------------------
+
+    def _claim_signal_wakeup(self):
+        """Point Python's signal wake-up fd at this loop while it runs.
+
+        A signal then ends a blocking poll at once (Ctrl-C works while the
+        loop sleeps). Returns the fd it replaced, or None off the main thread.
+        """
+        if not _in_main_thread():
+            return None
+        try:
+            return signal.set_wakeup_fd(self._signal_wakeup_fd, warn_on_full_buffer=False)
+        except ValueError:  # e.g. a subinterpreter
+            return None
+
+    def _release_signal_wakeup(self, previous):
+        if previous is None or self._signal_handlers:
+            return  # added signal handlers keep the wake-up fd, as in asyncio
+        ours = self._signal_wakeup_fd
+        try:
+            signal.set_wakeup_fd(-1 if previous == ours else previous)
+        except (ValueError, OSError) as exc:
+            logger.info("set_wakeup_fd failed: %s", exc)
+
+    def _check_signal(self, sig):
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig, callback, *args):
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Raises ValueError off the main thread.
+            signal.set_wakeup_fd(self._signal_wakeup_fd, warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+        self._signal_handlers[sig] = _core.Handle(callback, args, self, None)
+        try:
+            # The Python-level handler does nothing: the wake-up fd carries
+            # the signal number to _handle_signal, which runs the callback as
+            # a loop callback.
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers and not self.is_running():
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    logger.info("set_wakeup_fd(-1) failed: %s", nexc)
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+
+    def remove_signal_handler(self, sig):
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+        # While running, the loop keeps the wake-up fd for Ctrl-C; run_forever
+        # gives it back when it returns.
+        if not self._signal_handlers and not self.is_running():
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                logger.info("set_wakeup_fd(-1) failed: %s", exc)
+        return True
+
+    def _handle_signal(self, sig):
+        """Called by the core for each signal number read from the wake-up fd."""
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return
+        if handle.cancelled():
+            self.remove_signal_handler(sig)
+        else:
+            self._add_callback(handle)
+
+
+def _resolve_unless_done(fut, setter, value):
+    if not fut.done():
+        setter(value)
