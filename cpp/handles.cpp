@@ -160,9 +160,8 @@ PyObject* handle_new(PyTypeObject* /*type*/, PyObject* args, PyObject* kwargs) {
   }
   Ref seq(cb_args == Py_None ? PyTuple_New(0) : PySequence_Tuple(cb_args));
   if (!seq) return nullptr;
-  return reinterpret_cast<PyObject*>(new_handle(loop, core, callback,
-                                                &PyTuple_GET_ITEM(seq.get(), 0),
-                                                PyTuple_GET_SIZE(seq.get()), context));
+  return reinterpret_cast<PyObject*>(new_handle(
+      loop, core, callback, &PyTuple_GET_ITEM(seq.get(), 0), PyTuple_GET_SIZE(seq.get()), context));
 }
 
 PyObject* handle_cancel_meth(PyObject* self, PyObject* /*unused*/) {

@@ -17,14 +17,13 @@ class Loop;
 constexpr Py_ssize_t kInlineArgs = 3;
 
 struct HandleObject {
-  PyObject_HEAD
-  PyObject* callback;          // nullptr once cancelled
-  PyObject* context;           // the contextvars.Context the callback runs in
-  PyObject* loop;              // the Python loop object (strong reference)
-  Loop* core;                  // the C++ loop inside `loop`; valid while `loop` lives
-  PyObject* args_tuple;        // the arguments when there are more than kInlineArgs
-  PyObject* source_traceback;  // debug mode only: where the handle was made
-  PyObject* cached_repr;       // debug mode only: repr saved at cancel()
+  PyObject_HEAD PyObject* callback;  // nullptr once cancelled
+  PyObject* context;                 // the contextvars.Context the callback runs in
+  PyObject* loop;                    // the Python loop object (strong reference)
+  Loop* core;                        // the C++ loop inside `loop`; valid while `loop` lives
+  PyObject* args_tuple;              // the arguments when there are more than kInlineArgs
+  PyObject* source_traceback;        // debug mode only: where the handle was made
+  PyObject* cached_repr;             // debug mode only: repr saved at cancel()
   Py_ssize_t nargs;
   // slots[0] is scratch space lent to the callee (PY_VECTORCALL_ARGUMENTS_OFFSET);
   // the inline arguments are slots[1..nargs].

@@ -30,7 +30,9 @@ Loop::Loop() : watchers_(this) {
   signals_ = std::make_unique<SignalWakeup>(this);
 }
 
-Loop::~Loop() { close(); }
+Loop::~Loop() {
+  close();
+}
 
 bool Loop::check_open() const noexcept {
   if (!closed_) return true;

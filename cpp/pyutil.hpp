@@ -84,7 +84,7 @@ struct Strings {
   PyObject* name;
   PyObject* call_exception_handler;
   PyObject* slow_callback_duration;
-  PyObject* kw_loop;          // ("loop",)
+  PyObject* kw_loop;           // ("loop",)
   PyObject* kw_loop_name_ctx;  // ("loop", "name", "context")
 };
 extern Strings g_str;

@@ -33,7 +33,9 @@ SignalWakeup::SignalWakeup(Loop* loop) : loop_(loop) {
   uv_unref(reinterpret_cast<uv_handle_t*>(&poll_));
 }
 
-SignalWakeup::~SignalWakeup() { close(); }
+SignalWakeup::~SignalWakeup() {
+  close();
+}
 
 void SignalWakeup::close() noexcept {
   if (polling_) {

@@ -8,7 +8,9 @@ namespace {
 constexpr size_t kMinHeapToCompact = 128;
 }  // namespace
 
-TimerHeap::~TimerHeap() { clear(); }
+TimerHeap::~TimerHeap() {
+  clear();
+}
 
 void TimerHeap::push(TimerHandleObject* h) {
   Py_INCREF(h);

@@ -5,11 +5,12 @@
 // create_task) are METH_FASTCALL descriptors set on the same type: pybind11's
 // generic dispatcher costs ~150 ns a call, a fastcall descriptor ~25 ns.
 // Binding code converts arguments and nothing else.
+#include "loop.hpp"
+
 #include <pybind11/pybind11.h>
 
 #include "errors.hpp"
 #include "hooks.hpp"
-#include "loop.hpp"
 #include "registry.hpp"
 
 namespace py = pybind11;
@@ -37,8 +38,8 @@ Loop* core_or_raise(PyObject* self) noexcept {
 }
 
 // Reads the keyword arguments of call_soon & co.: only `context` is known.
-bool parse_context(const char* method, PyObject* const* args, Py_ssize_t nargs,
-                   PyObject* kwnames, PyObject** context) noexcept {
+bool parse_context(const char* method, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                   PyObject** context) noexcept {
   *context = nullptr;
   if (kwnames == nullptr) return true;
   const Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
@@ -57,8 +58,7 @@ bool parse_context(const char* method, PyObject* const* args, Py_ssize_t nargs,
 bool need_args(const char* method, Py_ssize_t nargs, Py_ssize_t at_least,
                const char* missing) noexcept {
   if (nargs >= at_least) return true;
-  PyErr_Format(PyExc_TypeError, "%s() missing required positional argument: '%s'", method,
-               missing);
+  PyErr_Format(PyExc_TypeError, "%s() missing required positional argument: '%s'", method, missing);
   return false;
 }
 
@@ -202,8 +202,7 @@ constexpr PyCFunction as_cfunction(F f) {
 PyMethodDef kFastMethods[] = {
     {"call_soon", as_cfunction(loop_call_soon), METH_FASTCALL | METH_KEYWORDS,
      "call_soon(callback, *args, context=None): run callback in the next iteration."},
-    {"call_soon_threadsafe", as_cfunction(loop_call_soon_threadsafe),
-     METH_FASTCALL | METH_KEYWORDS,
+    {"call_soon_threadsafe", as_cfunction(loop_call_soon_threadsafe), METH_FASTCALL | METH_KEYWORDS,
      "call_soon_threadsafe(callback, *args, context=None): call_soon from any thread."},
     {"call_later", as_cfunction(loop_call_later), METH_FASTCALL | METH_KEYWORDS,
      "call_later(delay, callback, *args, context=None): run callback after delay seconds."},
@@ -246,9 +245,9 @@ void throw_if_uv_error(int err) {
 
 HandleObject* make_handle(py::handle self, py::handle callback, const py::tuple& args,
                           py::handle context) {
-  HandleObject* h = new_handle(self.ptr(), &core(self), callback.ptr(),
-                               &PyTuple_GET_ITEM(args.ptr(), 0), PyTuple_GET_SIZE(args.ptr()),
-                               context.ptr());
+  HandleObject* h =
+      new_handle(self.ptr(), &core(self), callback.ptr(), &PyTuple_GET_ITEM(args.ptr(), 0),
+                 PyTuple_GET_SIZE(args.ptr()), context.ptr());
   if (h == nullptr) throw py::error_already_set();
   return h;
 }
@@ -301,11 +300,14 @@ void register_loop(py::module_& m) {
       .def("_add_reader",
            [](py::handle self, int fd, py::handle callback, const py::tuple& args,
               py::handle context) { watch_fd(self, fd, Interest::kRead, callback, args, context); })
-      .def("_add_writer",
-           [](py::handle self, int fd, py::handle callback, const py::tuple& args,
-              py::handle context) { watch_fd(self, fd, Interest::kWrite, callback, args, context); })
+      .def(
+          "_add_writer",
+          [](py::handle self, int fd, py::handle callback, const py::tuple& args,
+             py::handle context) { watch_fd(self, fd, Interest::kWrite, callback, args, context); })
       .def("_remove_reader",
-           [](py::handle self, int fd) { return core(self).fd_watchers().remove(fd, Interest::kRead); })
+           [](py::handle self, int fd) {
+             return core(self).fd_watchers().remove(fd, Interest::kRead);
+           })
       .def("_remove_writer",
            [](py::handle self, int fd) {
              return core(self).fd_watchers().remove(fd, Interest::kWrite);
