@@ -222,6 +222,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                     f"Closing the loop {self!r} on interpreter shutdown "
                     f"stage, skipping signal handlers removal",
                     ResourceWarning,
+                    stacklevel=2,
                     source=self,
                 )
                 self._signal_handlers.clear()
@@ -369,10 +370,9 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         thread.start()
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             warnings.warn(
-                "The executor did not finishing joining its threads within "
-                f"{timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -408,6 +408,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                 f"asynchronous generator {agen!r} was scheduled after "
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
+                stacklevel=2,
                 source=self,
             )
         self._asyncgens.add(agen)
@@ -419,7 +420,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         closing = list(self._asyncgens)
         self._asyncgens.clear()
         results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
-        for result, agen in zip(results, closing):
+        for result, agen in zip(results, closing, strict=True):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {
