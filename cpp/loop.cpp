@@ -2,6 +2,7 @@
 
 #include <pythread.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -10,14 +11,6 @@
 #include "hooks.hpp"
 
 namespace fastloop {
-
-namespace {
-// While callbacks are ready the loop does not block, but it still asks the
-// kernel for I/O. Doing that on every iteration costs a syscall per
-// iteration; skipping it for this long keeps I/O latency far below a
-// millisecond while a busy loop runs many iterations per syscall.
-constexpr double kBusyPollInterval = 50e-6;
-}  // namespace
 
 Loop::Loop() : watchers_(this) {
   int err = uv_loop_init(&uv_);
@@ -72,13 +65,16 @@ void Loop::defer_exception(PyObject* exc) noexcept {
 }
 
 void Loop::poll_io(bool may_block) {
+  watchers_.stop_closed_fds();
   if (!may_block) {
     uv_run(&uv_, UV_RUN_NOWAIT);
     return;
   }
   int64_t timeout_ms = -1;
   if (!timers_.empty()) {
-    const double delay = timers_.earliest() - monotonic_seconds();
+    // Capped at a day: the loop re-arms, and the cast stays defined for
+    // deadlines at infinity.
+    const double delay = std::min(timers_.earliest() - monotonic_seconds(), 86400.0);
     timeout_ms = delay <= 0 ? 0 : static_cast<int64_t>(std::ceil(delay * 1e3));
   }
   if (timeout_ms == 0) {
@@ -102,13 +98,24 @@ void Loop::poll_io(bool may_block) {
   sleeping_ = false;
 }
 
+bool Loop::has_io_sources() const noexcept {
+  // The wake-up async is always active, the timer only while armed; the
+  // signal wake-up poll is unreferenced and so not counted.
+  const unsigned own = 1 + (uv_is_active(reinterpret_cast<const uv_handle_t*>(&timer_)) ? 1 : 0);
+  return uv_.active_handles > own || uv_.active_reqs.count > 0;
+}
+
 bool Loop::run_once() {
   timers_.drop_cancelled_top();
-  const bool busy = !ready_.empty() || stopping_;
-  const double now = monotonic_seconds();
-  if (!busy || now - last_poll_ >= kBusyPollInterval) {
-    poll_io(!busy);
-    last_poll_ = busy ? now : monotonic_seconds();
+  if (ready_.empty() && !stopping_) {
+    poll_io(true);
+  } else if (has_io_sources()) {
+    poll_io(false);
+  } else if (PyErr_CheckSignals() < 0) {
+    // Nothing can become ready through libuv, so the kernel poll is skipped;
+    // signals still run their Python handlers at once (add_signal_handler's
+    // handlers queue their callbacks from there).
+    return false;
   }
   if (deferred_exc_ != nullptr) {
     restore_exception(deferred_exc_);

@@ -129,6 +129,8 @@ class Loop {
  private:
   friend class GilFromLibuv;
   bool run_once();
+  // Could a poll deliver anything: an fd watcher, a transport, a request?
+  bool has_io_sources() const noexcept;
   void poll_io(bool may_block);
   bool run_ready_in_debug(HandleObject* h);
   static void on_wakeup(uv_async_t* async) noexcept;
@@ -146,7 +148,6 @@ class Loop {
   PyObject* deferred_exc_ = nullptr;
   PyObject* task_factory_ = nullptr;
   unsigned long thread_id_ = 0;
-  double last_poll_ = 0.0;
   bool closed_ = false;
   bool stopping_ = false;
   bool debug_ = false;

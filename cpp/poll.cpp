@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 
+#include <cerrno>
+
 #include "loop.hpp"
 
 namespace fastloop {
@@ -66,7 +68,19 @@ int FdWatchers::restart(Watcher* w) {
   int events = 0;
   if (w->reader != nullptr) events |= UV_READABLE;
   if (w->writer != nullptr) events |= UV_WRITABLE;
+  changed_fds_.push_back(w->fd);
   return uv_poll_start(&w->poll, events, on_poll);
+}
+
+void FdWatchers::stop_closed_fds() noexcept {
+  for (int fd : changed_fds_) {
+    auto it = by_fd_.find(fd);
+    if (it != by_fd_.end() && fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+      // Still registered, so remove_reader() answers True as asyncio's does.
+      uv_poll_stop(&it->second->poll);
+    }
+  }
+  changed_fds_.clear();
 }
 
 void FdWatchers::retire(Watcher* w) {
@@ -83,9 +97,11 @@ void FdWatchers::on_close(uv_handle_t* handle) noexcept {
 void FdWatchers::on_poll(uv_poll_t* poll, int status, int events) noexcept {
   auto* w = static_cast<Watcher*>(poll->data);
   if (status < 0) {
-    // An error on the fd (e.g. it was closed): let both callbacks run and
-    // find out, as a selector reports such an fd ready.
+    // An error on the fd (POLLERR, e.g. a reset connection). libuv has
+    // stopped the handle; asyncio's level-triggered epoll keeps reporting the
+    // fd ready to both callbacks until they act, so restart it.
     events = UV_READABLE | UV_WRITABLE;
+    w->loop->fd_watchers().restart(w);
   }
   GilFromLibuv gil(w->loop);
   if ((events & UV_READABLE) != 0 && w->reader != nullptr) w->loop->push_ready(w->reader);

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <unordered_map>
+#include <vector>
 
 #include "handles.hpp"
 
@@ -28,6 +29,11 @@ class FdWatchers {
   bool remove(int fd, Interest what);
   bool empty() const noexcept { return by_fd_.empty(); }
 
+  // Before each poll: libuv hands fd changes to epoll only then, and aborts if
+  // such an fd was closed meanwhile (asyncio tolerates closing a watched fd).
+  // Watchers of fds closed since they changed are stopped here instead.
+  void stop_closed_fds() noexcept;
+
   // Loop close: cancel every handle and close every uv_poll_t.
   void close_all();
   int traverse(visitproc visit, void* arg) const;
@@ -47,6 +53,7 @@ class FdWatchers {
 
   Loop* loop_;
   std::unordered_map<int, Watcher*> by_fd_;
+  std::vector<int> changed_fds_;  // fds whose uv_poll_start has not reached epoll yet
 };
 
 }  // namespace fastloop

@@ -49,25 +49,15 @@ void SignalWakeup::close() noexcept {
 
 void SignalWakeup::on_readable(uv_poll_t* poll, int /*status*/, int /*events*/) noexcept {
   auto* self = static_cast<SignalWakeup*>(poll->data);
-  Loop* loop = self->loop_;
+  // The bytes only woke the loop; which signals arrived is Python's to know.
   unsigned char buf[256];
-  GilFromLibuv gil(loop);
-  for (;;) {
-    const ssize_t n = ::read(self->read_fd_, buf, sizeof buf);
-    if (n <= 0) break;
-    for (ssize_t i = 0; i < n; ++i) {
-      // Handlers added with add_signal_handler() are queued by Python code.
-      PyObject* r = PyObject_CallMethod(loop->self(), "_handle_signal", "i", int{buf[i]});
-      if (r == nullptr) {
-        loop->defer_exception(take_exception());
-        return;
-      }
-      Py_DECREF(r);
-    }
+  while (::read(self->read_fd_, buf, sizeof buf) > 0) {
   }
-  // Run Python's own signal handlers now, in the loop's thread: SIGINT's
-  // default one raises KeyboardInterrupt, which leaves run_forever.
-  if (PyErr_CheckSignals() < 0) loop->defer_exception(take_exception());
+  GilFromLibuv gil(self->loop_);
+  // Run Python's signal handlers now, in the loop's thread: SIGINT's default
+  // one raises KeyboardInterrupt, which leaves run_forever; those installed
+  // by add_signal_handler queue their callbacks.
+  if (PyErr_CheckSignals() < 0) self->loop_->defer_exception(take_exception());
 }
 
 }  // namespace fastloop

@@ -1,10 +1,10 @@
 // Waking the loop for signals. Python's own C-level signal handler writes the
 // signal number to the fd given to signal.set_wakeup_fd(); the loop polls the
 // other end of that socket pair, so a signal ends a blocking poll at once.
-// Then the loop dispatches handlers added with add_signal_handler (through
-// the Python method _handle_signal) and lets Python run its signal handlers
-// (PyErr_CheckSignals): SIGINT's default handler raises KeyboardInterrupt,
-// asyncio.Runner's cancels the main task.
+// The loop then lets Python run its signal handlers (PyErr_CheckSignals):
+// SIGINT's default handler raises KeyboardInterrupt, asyncio.Runner's cancels
+// the main task, and those installed by add_signal_handler queue their
+// callbacks on the loop.
 #pragma once
 
 #include <uv.h>

@@ -1,6 +1,7 @@
 #include "timers.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace fastloop {
 
@@ -15,7 +16,10 @@ TimerHeap::~TimerHeap() {
 void TimerHeap::push(TimerHandleObject* h) {
   Py_INCREF(h);
   h->scheduled = true;
-  heap_.push_back(Entry{h->when, next_seq_++, h});
+  // A NaN deadline is due at once, as in asyncio (where every comparison
+  // with it is false); the heap needs a total order, so it sorts first.
+  const double key = std::isnan(h->when) ? -HUGE_VAL : h->when;
+  heap_.push_back(Entry{key, next_seq_++, h});
   std::push_heap(heap_.begin(), heap_.end(), later);
 }
 

@@ -66,8 +66,16 @@ def _report_callback_error(handle, exc) -> None:
     handle._loop.call_exception_handler(context)
 
 
+def _format_handle(handle) -> str:
+    # A task's step is reported as the task, as asyncio does.
+    owner = getattr(handle._callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        return repr(owner)
+    return _handle_repr(handle)
+
+
 def _log_slow_callback(handle, seconds: float) -> None:
-    logger.warning("Executing %s took %.3f seconds", _handle_repr(handle), seconds)
+    logger.warning("Executing %s took %.3f seconds", _format_handle(handle), seconds)
 
 
 def _extract_stack():
@@ -104,8 +112,24 @@ def _fileobj_to_fd(fileobj) -> int:
     return fd
 
 
-def _sighandler_noop(signum, frame):
-    """Python-level handler for signals the loop dispatches itself."""
+class _SignalDispatcher:
+    """The Python-level handler of a signal watched with add_signal_handler.
+
+    Python runs it in the main thread as soon as it can: between two
+    bytecodes while the loop is busy, or when the signal's byte on the
+    wake-up fd ends the loop's poll. It queues the loop's handler callback.
+    It holds the loop weakly, so an abandoned loop is still collected.
+    """
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def __call__(self, signum, frame):
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop._handle_signal(signum)
 
 
 def _run_until_complete_cb(fut):
@@ -136,6 +160,8 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._signal_handlers = {}
+        self._watched_readers = {}
+        self._watched_writers = {}
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
@@ -231,6 +257,8 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                     self.remove_signal_handler(sig)
         self._executor_shutdown_called = True
         executor, self._default_executor = self._default_executor, None
+        self._watched_readers.clear()
+        self._watched_writers.clear()
         self._close()
         if executor is not None:
             executor.shutdown(wait=False)
@@ -433,27 +461,44 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
 
     # ---- watching file descriptors -------------------------------------------
 
+    # File objects are remembered while watched: as with asyncio's selector,
+    # remove_reader(sock) still works after sock.close() made fileno() -1.
+
     def add_reader(self, fd, callback, *args):
-        fd = _fileobj_to_fd(fd)
+        fileno = _fileobj_to_fd(fd)
         self._check_closed()
-        self._add_reader(fd, callback, args, None)
+        self._add_reader(fileno, callback, args, None)
+        self._watched_readers[fileno] = fd
 
     def remove_reader(self, fd):
-        fd = _fileobj_to_fd(fd)
+        fileno = self._watched_fd(fd, self._watched_readers)
         if self.is_closed():
             return False
-        return self._remove_reader(fd)
+        self._watched_readers.pop(fileno, None)
+        return self._remove_reader(fileno)
 
     def add_writer(self, fd, callback, *args):
-        fd = _fileobj_to_fd(fd)
+        fileno = _fileobj_to_fd(fd)
         self._check_closed()
-        self._add_writer(fd, callback, args, None)
+        self._add_writer(fileno, callback, args, None)
+        self._watched_writers[fileno] = fd
 
     def remove_writer(self, fd):
-        fd = _fileobj_to_fd(fd)
+        fileno = self._watched_fd(fd, self._watched_writers)
         if self.is_closed():
             return False
-        return self._remove_writer(fd)
+        self._watched_writers.pop(fileno, None)
+        return self._remove_writer(fileno)
+
+    @staticmethod
+    def _watched_fd(fileobj, watched):
+        try:
+            return _fileobj_to_fd(fileobj)
+        except ValueError:
+            for fileno, obj in watched.items():
+                if obj is fileobj:
+                    return fileno
+            raise
 
     # ---- signals ---------------------------------------------------------------
 
@@ -497,10 +542,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
             raise RuntimeError(str(exc))
         self._signal_handlers[sig] = _core.Handle(callback, args, self, None)
         try:
-            # The Python-level handler does nothing: the wake-up fd carries
-            # the signal number to _handle_signal, which runs the callback as
-            # a loop callback.
-            signal.signal(sig, _sighandler_noop)
+            signal.signal(sig, _SignalDispatcher(self))
             signal.siginterrupt(sig, False)
         except OSError as exc:
             del self._signal_handlers[sig]
@@ -536,7 +578,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         return True
 
     def _handle_signal(self, sig):
-        """Called by the core for each signal number read from the wake-up fd."""
+        """Queue the callback added for `sig` (called by its _SignalDispatcher)."""
         handle = self._signal_handlers.get(sig)
         if handle is None:
             return
