@@ -142,7 +142,7 @@ BENCHMARKS: list[Benchmark] = [
         "bench.micro:call_soon_threadsafe",
         n=50_000,
         unit="callback",
-        doc="another thread calls call_soon_threadsafe; timed first to last received",
+        doc="another thread calls call_soon_threadsafe; timed from its first call to the last run",
     ),
     # Networking plugs in here (group "net"): an echo server on the loop under
     # test, driven by the C load generator in bench/loadgen/ (built into
