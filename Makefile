@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SRCS   := $(shell find cpp python -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: all test bench conformance build sysdeps venv format lint clean
+.PHONY: all test bench conformance build sysdeps venv format lint clean sanitize
 
 all: build
 
@@ -42,6 +42,20 @@ conformance: build
 
 bench: build
 	$(VPY) -m bench
+
+# The whole pytest suite against an ASan+UBSan build of the core, built in
+# build/sanitize and loaded from there (the installed package is untouched).
+SAN_DIR := build/sanitize
+sanitize: $(VENV)/.venv-ok
+	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+	  -DFASTLOOP_SANITIZE=address,undefined -DPython_EXECUTABLE=$(abspath $(VPY)) \
+	  -Dpybind11_DIR=$$($(VPY) -m pybind11 --cmakedir) > /dev/null
+	cmake --build $(SAN_DIR)
+	rm -rf $(SAN_DIR)/pkg && mkdir -p $(SAN_DIR)/pkg && cp -r python/fastloop $(SAN_DIR)/pkg/
+	cp $(SAN_DIR)/_core*.so $(SAN_DIR)/pkg/fastloop/
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  PYTHONPATH=$(abspath $(SAN_DIR)/pkg) $(VPY) -m pytest -q -p no:randomly tests
 
 format:
 	clang-format -i cpp/*.cpp cpp/*.hpp cpp/bindings/*.cpp

@@ -71,7 +71,7 @@ def _format_handle(handle) -> str:
     owner = getattr(handle._callback, "__self__", None)
     if isinstance(owner, asyncio.Task):
         return repr(owner)
-    return _handle_repr(handle)
+    return repr(handle)  # in debug mode, the repr saved when it was cancelled
 
 
 def _log_slow_callback(handle, seconds: float) -> None:
