@@ -43,12 +43,13 @@ conformance: build
 bench: build
 	$(VPY) -m bench
 
-# The whole pytest suite against an ASan+UBSan build of the core, built in
+# The whole pytest suite against an ASan+UBSan debug build of the core
+# (FASTLOOP_DEBUG: the handle counters are checked too), built in
 # build/sanitize and loaded from there (the installed package is untouched).
 SAN_DIR := build/sanitize
 sanitize: $(VENV)/.venv-ok
 	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-	  -DFASTLOOP_SANITIZE=address,undefined -DPython_EXECUTABLE=$(abspath $(VPY)) \
+	  -DFASTLOOP_SANITIZE=address,undefined -DFASTLOOP_DEBUG=ON -DPython_EXECUTABLE=$(abspath $(VPY)) \
 	  -Dpybind11_DIR=$$($(VPY) -m pybind11 --cmakedir) > /dev/null
 	cmake --build $(SAN_DIR)
 	rm -rf $(SAN_DIR)/pkg && mkdir -p $(SAN_DIR)/pkg && cp -r python/fastloop $(SAN_DIR)/pkg/

@@ -2,6 +2,7 @@
 
 #include <structmember.h>
 
+#include "debug.hpp"
 #include "hooks.hpp"
 #include "loop.hpp"
 
@@ -98,6 +99,7 @@ bool fill_handle(HandleObject* h, PyObject* loop, Loop* core, PyObject* callback
 
 template <class T>
 T* finish_new(T* h, bool ok) noexcept {
+  FASTLOOP_COUNT(handles, 1);
   PyObject_GC_Track(h);
   if (!ok) {
     Py_DECREF(h);
@@ -128,6 +130,7 @@ int handle_clear(PyObject* self) {
 }
 
 void handle_dealloc(PyObject* self) {
+  FASTLOOP_COUNT(handles, -1);
   PyObject_GC_UnTrack(self);
   clear_all(reinterpret_cast<HandleObject*>(self));
   if (Py_IS_TYPE(self, &HandleType) && g_free_handles_n < kFreeListMax) {

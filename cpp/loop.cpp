@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "debug.hpp"
 #include "errors.hpp"
 #include "hooks.hpp"
 
@@ -16,6 +17,7 @@ Loop::Loop() : watchers_(this) {
   int err = uv_loop_init(&uv_);
   if (err < 0) throw std::runtime_error(uv_strerror(err));
   uv_open_ = true;
+  FASTLOOP_COUNT(uv_loops, 1);
   uv_timer_init(&uv_, &timer_);
   timer_.data = this;
   uv_async_init(&uv_, &wakeup_, on_wakeup);
@@ -194,7 +196,12 @@ void Loop::close() {
   uv_close(reinterpret_cast<uv_handle_t*>(&wakeup_), nullptr);
   // Let libuv run the close callbacks; nothing is active any more, so this
   // cannot block.
-  for (int i = 0; i < 16 && uv_loop_close(&uv_) == UV_EBUSY; ++i) uv_run(&uv_, UV_RUN_NOWAIT);
+  int err = UV_EBUSY;
+  for (int i = 0; i < 16 && err == UV_EBUSY; ++i) {
+    uv_run(&uv_, UV_RUN_NOWAIT);
+    err = uv_loop_close(&uv_);
+  }
+  if (err == 0) FASTLOOP_COUNT(uv_loops, -1);
   uv_open_ = false;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cerrno>
 
+#include "debug.hpp"
 #include "loop.hpp"
 
 namespace fastloop {
@@ -15,6 +16,7 @@ int FdWatchers::add(int fd, Interest what, HandleObject* h) {
     w = it->second;
   } else {
     w = new Watcher{{}, loop_, fd, nullptr, nullptr};
+    FASTLOOP_COUNT(fd_watchers, 1);
     // libuv makes the fd non-blocking; asyncio's add_reader leaves it as it
     // was, and so do we.
     const int flags = fcntl(fd, F_GETFL);
@@ -22,6 +24,7 @@ int FdWatchers::add(int fd, Interest what, HandleObject* h) {
     if (flags >= 0) fcntl(fd, F_SETFL, flags);
     if (err < 0) {
       delete w;
+      FASTLOOP_COUNT(fd_watchers, -1);
       return err;
     }
     w->poll.data = w;
@@ -92,6 +95,7 @@ void FdWatchers::retire(Watcher* w) {
 
 void FdWatchers::on_close(uv_handle_t* handle) noexcept {
   delete static_cast<Watcher*>(handle->data);
+  FASTLOOP_COUNT(fd_watchers, -1);
 }
 
 void FdWatchers::on_poll(uv_poll_t* poll, int status, int events) noexcept {

@@ -1,11 +1,13 @@
 #include "pyutil.hpp"
 
+#include "debug.hpp"
 #include "hooks.hpp"
 
 namespace fastloop {
 
 Strings g_str{};
 Hooks g_hooks{};
+DebugCounters g_debug_counters{};
 
 bool init_strings() noexcept {
   g_str.context = PyUnicode_InternFromString("context");

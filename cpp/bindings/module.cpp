@@ -1,6 +1,7 @@
 // PYBIND11_MODULE(_core): the native half of fastloop.
 #include <pybind11/pybind11.h>
 
+#include "debug.hpp"
 #include "handles.hpp"
 #include "hooks.hpp"
 #include "registry.hpp"
@@ -31,6 +32,17 @@ void register_hooks(py::module_& m) {
         }
       },
       "Hand the core the Python helpers it calls on cold paths (fastloop/_loop.py).");
+  m.def(
+      "_debug_counters",
+      []() -> py::object {
+        if (!kDebugBuild) return py::none();
+        py::dict d;
+        d["handles"] = g_debug_counters.handles;
+        d["fd_watchers"] = g_debug_counters.fd_watchers;
+        d["uv_loops"] = g_debug_counters.uv_loops;
+        return d;
+      },
+      "Live handles, fd watchers and libuv loops (FASTLOOP_DEBUG builds), else None.");
 }
 
 }  // namespace fastloop

@@ -1,0 +1,74 @@
+"""Resource balance of fastloop's core, read from its debug-build counters.
+
+These are fastloop internals (live Handle objects, libuv fd watchers and
+uv_loop_t structures) with no asyncio counterpart, so the tests build
+fastloop loops directly instead of using the two-loop `loop` fixture. The
+counters exist only in the FASTLOOP_DEBUG build that `make sanitize` runs the
+suite on; in a release build each test says so and is skipped.
+"""
+
+import gc
+import socket
+
+import pytest
+
+fastloop = pytest.importorskip("fastloop")
+from fastloop import _core  # noqa: E402
+
+needs_debug_build = pytest.mark.skipif(
+    _core._debug_counters() is None,
+    reason="counters exist only in the FASTLOOP_DEBUG build (`make sanitize` runs it)",
+)
+
+
+def counters():
+    gc.collect()
+    return _core._debug_counters()
+
+
+@needs_debug_build
+def test_handles_and_loops_balance_after_close():
+    before = counters()
+    loop = fastloop.new_event_loop()
+    for i in range(100):
+        loop.call_soon(print, i)
+        loop.call_later(10 + i, print, i)
+    loop.call_later(1, print).cancel()
+    during = counters()
+    assert during["handles"] >= before["handles"] + 201
+    assert during["uv_loops"] == before["uv_loops"] + 1
+    loop.close()
+    del loop
+    assert counters() == before
+
+
+@needs_debug_build
+def test_fd_watchers_are_freed_by_remove_and_by_close():
+    before = counters()
+    loop = fastloop.new_event_loop()
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(a, print)
+        loop.add_writer(b, print)
+        assert counters()["fd_watchers"] == before["fd_watchers"] + 2
+        assert loop.remove_reader(a)
+        loop.stop()
+        loop.run_forever()  # the watcher is freed by its libuv close callback
+        assert counters()["fd_watchers"] == before["fd_watchers"] + 1
+        loop.close()  # closes the writer's watcher
+    finally:
+        a.close()
+        b.close()
+    del loop
+    assert counters() == before
+
+
+@needs_debug_build
+def test_an_abandoned_loop_is_collected_with_its_handles():
+    before = counters()
+    loop = fastloop.new_event_loop()
+    loop.call_soon(loop.call_soon, print)  # handle -> loop -> handle cycle
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del loop
+        gc.collect()
+    assert counters() == before
