@@ -1,0 +1,447 @@
+"""run_until_complete / run_forever / stop / close, is_running, the running-loop
+bookkeeping, misuse errors, and KeyboardInterrupt / SystemExit out of a callback."""
+
+import asyncio
+import gc
+import os
+import signal
+import socket
+import threading
+
+import pytest
+
+from .conftest import new_loop, run_briefly
+
+CLOSED = "Event loop is closed"
+
+
+def test_run_until_complete_future(loop):
+    fut = loop.create_future()
+    loop.call_soon(fut.set_result, 42)
+    assert loop.run_until_complete(fut) == 42
+
+
+def test_run_until_complete_done_future(loop):
+    fut = loop.create_future()
+    fut.set_result("done")
+    assert loop.run_until_complete(fut) == "done"
+
+
+def test_run_until_complete_coroutine(loop):
+    async def coro(x):
+        await asyncio.sleep(0)
+        return x * 2
+
+    assert loop.run_until_complete(coro(21)) == 42
+
+
+def test_run_until_complete_task(loop):
+    async def coro():
+        await asyncio.sleep(0.001)
+        return "task result"
+
+    task = loop.create_task(coro())
+    assert loop.run_until_complete(task) == "task result"
+    assert task.done()
+
+
+def test_run_until_complete_awaitable_object(loop):
+    class Awaitable:
+        def __await__(self):
+            yield from asyncio.sleep(0).__await__()
+            return "awaited"
+
+    assert loop.run_until_complete(Awaitable()) == "awaited"
+
+
+def test_run_until_complete_propagates_coroutine_exception(loop):
+    class MyError(Exception):
+        pass
+
+    async def coro():
+        await asyncio.sleep(0)
+        raise MyError("boom")
+
+    with pytest.raises(MyError, match="boom"):
+        loop.run_until_complete(coro())
+    # The loop is usable afterwards, and the exception was not reported as
+    # "never retrieved" (teardown checks the exception handler).
+    assert loop.run_until_complete(asyncio.sleep(0, "again")) == "again"
+
+
+def test_run_until_complete_propagates_future_exception(loop):
+    fut = loop.create_future()
+    loop.call_soon(fut.set_exception, ValueError("from future"))
+    with pytest.raises(ValueError, match="from future"):
+        loop.run_until_complete(fut)
+
+
+def test_run_until_complete_cancelled_future(loop):
+    fut = loop.create_future()
+    loop.call_soon(fut.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(fut)
+
+
+def test_run_until_complete_stopped_early(loop):
+    fut = loop.create_future()
+    loop.call_soon(loop.stop)
+    with pytest.raises(RuntimeError, match="Event loop stopped before Future completed."):
+        loop.run_until_complete(fut)
+    fut.cancel()
+
+
+def test_run_until_complete_leaves_other_callbacks_pending(loop):
+    out = []
+
+    async def coro():
+        loop.call_later(0.05, out.append, "later")
+        return 1
+
+    assert loop.run_until_complete(coro()) == 1
+    assert out == []
+    loop.call_later(0.1, loop.stop)
+    loop.run_forever()
+    assert out == ["later"]
+
+
+def test_run_forever_and_stop(loop):
+    out = []
+    loop.call_later(0.01, lambda: (out.append("stop"), loop.stop()))
+    loop.run_forever()
+    assert out == ["stop"]
+    assert not loop.is_running()
+    # run again
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_stop_before_run_forever_runs_one_iteration(loop):
+    out = []
+
+    def first():
+        out.append("first")
+        loop.call_soon(out.append, "next iteration")
+
+    loop.call_soon(first)
+    loop.stop()
+    loop.run_forever()
+    assert out == ["first"]
+    # stop() was consumed: the next run_forever runs until a new stop().
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert out == ["first", "next iteration"]
+
+
+def test_stop_twice_is_one_stop(loop):
+    out = []
+    loop.stop()
+    loop.stop()
+    loop.run_forever()
+    loop.call_soon(out.append, 1)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert out == [1]
+
+
+def test_is_running(loop):
+    seen = []
+    assert not loop.is_running()
+    loop.call_soon(lambda: seen.append(loop.is_running()))
+    run_briefly(loop)
+    assert seen == [True]
+    assert not loop.is_running()
+
+
+def test_running_loop_is_set_only_while_running(loop):
+    seen = []
+
+    async def coro():
+        seen.append(asyncio.get_running_loop())
+        seen.append(asyncio.get_event_loop())
+
+    loop.call_soon(lambda: seen.append(asyncio._get_running_loop()))
+    loop.run_until_complete(coro())
+    assert seen == [loop, loop, loop]
+    assert asyncio._get_running_loop() is None
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        asyncio.get_running_loop()
+
+
+def test_run_forever_while_running(loop):
+    errors = []
+
+    def cb():
+        try:
+            loop.run_forever()
+        except RuntimeError as e:
+            errors.append(str(e))
+        loop.stop()
+
+    loop.call_soon(cb)
+    loop.run_forever()
+    assert errors == ["This event loop is already running"]
+
+
+def test_run_until_complete_inside_the_loop(loop):
+    errors = []
+    inner = loop.create_future()
+
+    def cb():
+        try:
+            loop.run_until_complete(inner)
+        except RuntimeError as e:
+            errors.append(str(e))
+        loop.stop()
+
+    loop.call_soon(cb)
+    loop.run_forever()
+    assert errors == ["This event loop is already running"]
+    inner.cancel()
+
+
+def test_close_a_running_loop(loop):
+    errors = []
+
+    def cb():
+        try:
+            loop.close()
+        except RuntimeError as e:
+            errors.append(str(e))
+        loop.stop()
+
+    loop.call_soon(cb)
+    loop.run_forever()
+    assert errors == ["Cannot close a running event loop"]
+    assert not loop.is_closed()
+
+
+def test_close_twice_is_fine(loop):
+    assert not loop.is_closed()
+    loop.close()
+    assert loop.is_closed()
+    loop.close()
+    assert loop.is_closed()
+
+
+def test_close_drops_pending_callbacks(loop):
+    out = []
+    loop.call_soon(out.append, "soon")
+    loop.call_later(0.001, out.append, "later")
+    loop.close()
+    assert out == []
+
+
+def _closed_loop_calls():
+    async def coro():
+        pass
+
+    def add_reader(loop, sock):
+        loop.add_reader(sock, lambda: None)
+
+    def add_writer(loop, sock):
+        loop.add_writer(sock.fileno(), lambda: None)
+
+    def create_task(loop, sock):
+        c = coro()
+        try:
+            loop.create_task(c)
+        finally:
+            c.close()
+
+    def run_until_complete(loop, sock):
+        loop.run_until_complete(loop.create_future())
+
+    return {
+        "call_soon": lambda loop, sock: loop.call_soon(print),
+        "call_soon_threadsafe": lambda loop, sock: loop.call_soon_threadsafe(print),
+        "call_later": lambda loop, sock: loop.call_later(1, print),
+        "call_at": lambda loop, sock: loop.call_at(loop.time() + 1, print),
+        "run_forever": lambda loop, sock: loop.run_forever(),
+        "run_until_complete": run_until_complete,
+        "create_task": create_task,
+        "add_reader": add_reader,
+        "add_writer": add_writer,
+        "run_in_executor": lambda loop, sock: loop.run_in_executor(None, print),
+    }
+
+
+@pytest.mark.parametrize("method", sorted(_closed_loop_calls()))
+def test_api_on_a_closed_loop(loop, method):
+    loop.close()
+    a, b = socket.socketpair()
+    try:
+        with pytest.raises(RuntimeError, match=f"^{CLOSED}$"):
+            _closed_loop_calls()[method](loop, a)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_add_signal_handler_on_a_closed_loop(loop):
+    loop.close()
+    with pytest.raises(RuntimeError, match=f"^{CLOSED}$"):
+        loop.add_signal_handler(signal.SIGUSR1, print)
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_still_usable_on_a_closed_loop(loop):
+    # What asyncio allows after close(): these do not check is_closed().
+    loop.close()
+    assert isinstance(loop.time(), float)
+    assert loop.get_debug() in (True, False)
+    fut = loop.create_future()
+    assert isinstance(fut, asyncio.Future)
+    assert not loop.is_running()
+    a, b = socket.socketpair()
+    try:
+        assert loop.remove_reader(a) is False
+        assert loop.remove_writer(a) is False
+    finally:
+        a.close()
+        b.close()
+
+
+def test_run_while_another_loop_runs(loop, loop_name):
+    # Our loop inside another loop of each kind, and each kind inside ours.
+    others = [asyncio.new_event_loop(), new_loop(loop_name)]
+    try:
+        pairs = [(loop, o) for o in others] + [(o, loop) for o in others]
+        for outer, inner in pairs:
+            errors = []
+            fut = inner.create_future()
+
+            def cb(inner=inner, fut=fut, outer=outer, errors=errors):
+                for run in (inner.run_forever, lambda: inner.run_until_complete(fut)):
+                    try:
+                        run()
+                    except RuntimeError as e:
+                        errors.append(str(e))
+                outer.stop()
+
+            outer.call_soon(cb)
+            outer.run_forever()
+            fut.cancel()
+            assert errors == ["Cannot run the event loop while another loop is running"] * 2
+            assert not inner.is_running()
+            assert asyncio._get_running_loop() is None
+    finally:
+        for o in others:
+            o.close()
+
+
+def test_loop_runs_in_another_thread(loop_name):
+    # A loop created and run entirely in a worker thread.
+    result = []
+
+    def worker():
+        lp = new_loop(loop_name)
+        try:
+
+            async def main():
+                await asyncio.sleep(0.001)
+                return threading.get_ident()
+
+            result.append(lp.run_until_complete(main()))
+        finally:
+            lp.close()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(10)
+    assert result and result[0] == t.ident
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_from_callback_propagates(loop, exc_type):
+    out = []
+
+    def raiser():
+        raise exc_type("out")
+
+    loop.call_soon(out.append, "before")
+    loop.call_soon(raiser)
+    loop.call_soon(out.append, "after")
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert out == ["before"]
+    assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+    # The loop can run again, and the callback still pending runs then.
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["before", "after"]
+    assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_from_timer_propagates(loop, exc_type):
+    def raiser():
+        raise exc_type()
+
+    loop.call_later(0.001, raiser)
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert not loop.is_running()
+    run_briefly(loop)
+
+
+def test_keyboard_interrupt_from_coroutine_propagates(loop):
+    async def coro():
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(coro())
+    assert not loop.is_running()
+    assert loop.run_until_complete(asyncio.sleep(0, 5)) == 5
+
+
+def test_unclosed_loop_warns(loop_name):
+    lp = new_loop(loop_name)
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del lp
+        gc.collect()
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("source", ["reader", "writer", "signal", "threadsafe"])
+def test_keyboard_interrupt_from_io_callbacks_propagates(loop, source):
+    # Callbacks the loop runs for I/O, signals and other threads propagate
+    # KeyboardInterrupt out of run_forever like any other callback.
+    a, b = socket.socketpair()
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    try:
+        if source == "reader":
+            b.send(b"x")
+            loop.add_reader(a, interrupt)
+        elif source == "writer":
+            loop.add_writer(a, interrupt)
+        elif source == "signal":
+            loop.add_signal_handler(signal.SIGUSR1, interrupt)
+            loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        else:
+            t = threading.Thread(target=loop.call_soon_threadsafe, args=(interrupt,))
+            loop.call_soon(t.start)
+        guard = loop.call_later(5, loop.stop)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        assert not loop.is_running()
+        guard.cancel()
+        # The watcher or signal handler that raised is still registered.
+        if source == "reader":
+            assert loop.remove_reader(a) is True
+        elif source == "writer":
+            assert loop.remove_writer(a) is True
+        elif source == "signal":
+            assert loop.remove_signal_handler(signal.SIGUSR1) is True
+    finally:
+        loop.remove_reader(a)
+        loop.remove_writer(a)
+        loop.remove_signal_handler(signal.SIGUSR1)
+        a.close()
+        b.close()
+    assert loop.run_until_complete(asyncio.sleep(0, "again")) == "again"
