@@ -35,8 +35,12 @@ def run(main, *, debug=None):
         return runner.run(main)
 
 
-class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
-    """An asyncio event loop policy whose loops are fastloop loops."""
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """An asyncio event loop policy whose loops are fastloop loops.
+
+    It derives from asyncio's own default policy, so what asyncio and its
+    test suite expect of a policy (get/set_child_watcher on Unix) is there.
+    """
 
     def _loop_factory(self) -> Loop:
         return Loop()
