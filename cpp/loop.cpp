@@ -52,9 +52,13 @@ void Loop::on_wakeup(uv_async_t* /*async*/) noexcept {
   // Nothing to do: the callbacks are already in the ready queue.
 }
 
-void Loop::on_timer(uv_timer_t* /*timer*/) noexcept {
-  // Nothing to do: run_once() moves due timers to the ready queue itself,
-  // against the precise clock.
+void Loop::on_timer(uv_timer_t* timer) noexcept {
+  // run_once() moves due timers to the ready queue itself, against the
+  // precise clock; this only has to end the poll. It must do so explicitly:
+  // if libuv's millisecond clock ticks between arming and uv_run(), the timer
+  // fires in uv_run's pre-poll timer pass, and the poll would then block with
+  // no timer left. With the stop flag set, libuv polls without blocking.
+  uv_stop(timer->loop);
 }
 
 void Loop::defer_exception(PyObject* exc) noexcept {
