@@ -33,8 +33,11 @@ $(VENV)/.build-ok: $(VENV)/.venv-ok $(SRCS)
 	@touch $@
 build: $(VENV)/.build-ok
 
+# The suite on the release build, again on the ASan+UBSan debug build (which
+# adds the core's counters and fault injection), then CPython's asyncio tests.
 test: build
 	$(VPY) -m pytest -q tests
+	$(MAKE) sanitize
 	$(VPY) -m tests.conformance --loop both
 
 conformance: build
@@ -47,7 +50,7 @@ bench: build
 # (FASTLOOP_DEBUG: the handle counters are checked too), built in
 # build/sanitize and loaded from there (the installed package is untouched).
 SAN_DIR := build/sanitize
-sanitize: $(VENV)/.venv-ok
+sanitize: $(VENV)/.venv-ok $(SRCS)
 	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
 	  -DFASTLOOP_SANITIZE=address,undefined -DFASTLOOP_DEBUG=ON -DPython_EXECUTABLE=$(abspath $(VPY)) \
 	  -Dpybind11_DIR=$$($(VPY) -m pybind11 --cmakedir) > /dev/null

@@ -7,8 +7,10 @@ counters exist only in the FASTLOOP_DEBUG build that `make sanitize` runs the
 suite on; in a release build each test says so and is skipped.
 """
 
+import asyncio
 import gc
 import socket
+import time
 
 import pytest
 
@@ -72,3 +74,27 @@ def test_an_abandoned_loop_is_collected_with_its_handles():
         del loop
         gc.collect()
     assert counters() == before
+
+
+@needs_debug_build
+@pytest.mark.timeout(20)
+def test_timer_due_before_the_poll_starts_does_not_block_it():
+    # libuv runs due timers before it polls. If the loop's timer falls due
+    # between arming it and polling (libuv's millisecond clock ticked), the
+    # poll must not block: fastloop once waited forever there. The debug
+    # build's fault injection sleeps 3 ms in that window, so every timer
+    # below is due before the poll begins.
+    _core._debug_set_arm_delay(3000)
+    loop = fastloop.new_event_loop()
+    try:
+
+        async def main():
+            for _ in range(20):
+                await asyncio.sleep(0.001)
+
+        t0 = time.monotonic()
+        loop.run_until_complete(main())
+        assert time.monotonic() - t0 < 5
+    finally:
+        _core._debug_set_arm_delay(0)
+        loop.close()

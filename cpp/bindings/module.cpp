@@ -43,6 +43,13 @@ void register_hooks(py::module_& m) {
         return d;
       },
       "Live handles, fd watchers and libuv loops (FASTLOOP_DEBUG builds), else None.");
+  m.def(
+      "_debug_set_arm_delay",
+      [](long microseconds) {
+        if (!kDebugBuild) throw py::value_error("needs a FASTLOOP_DEBUG build");
+        g_debug_counters.arm_delay_us = microseconds;
+      },
+      "Fault injection (FASTLOOP_DEBUG builds): sleep between arming the timer and polling.");
 }
 
 }  // namespace fastloop
