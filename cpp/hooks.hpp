@@ -8,14 +8,18 @@
 namespace fastloop {
 
 struct Hooks {
-  PyObject* report_callback_error = nullptr;  // (handle, exc) -> None
-  PyObject* handle_repr = nullptr;            // (handle) -> str
-  PyObject* log_slow_callback = nullptr;      // (handle, seconds) -> None
-  PyObject* extract_stack = nullptr;          // () -> traceback.StackSummary
-  PyObject* is_coroutine_marked = nullptr;    // (obj) -> bool, asyncio's marker check
-  PyObject* future_type = nullptr;            // asyncio.Future (the C one)
-  PyObject* task_type = nullptr;              // asyncio.Task (the C one)
-  PyObject* partial_type = nullptr;           // functools.partial
+  PyObject* report_callback_error = nullptr;   // (handle, exc) -> None
+  PyObject* handle_repr = nullptr;             // (handle) -> str
+  PyObject* log_slow_callback = nullptr;       // (handle, seconds) -> None
+  PyObject* extract_stack = nullptr;           // () -> traceback.StackSummary
+  PyObject* is_coroutine_marked = nullptr;     // (obj) -> bool, asyncio's marker check
+  PyObject* future_type = nullptr;             // asyncio.Future (the C one)
+  PyObject* task_type = nullptr;               // asyncio.Task (the C one)
+  PyObject* partial_type = nullptr;            // functools.partial
+  PyObject* buffered_protocol_type = nullptr;  // asyncio.BufferedProtocol
+  PyObject* transport_error = nullptr;         // (transport, exc, message, fatal) -> None
+  PyObject* server_detach = nullptr;           // (server, transport) -> None
+  PyObject* log_warning = nullptr;             // (message) -> None
 };
 extern Hooks g_hooks;
 

@@ -13,7 +13,10 @@
 
 namespace fastloop {
 
-Loop::Loop() : watchers_(this) {
+// asyncio's selector transports read at most this much per call (max_size).
+constexpr size_t kReadBufferSize = 256 * 1024;
+
+Loop::Loop() : watchers_(this), read_buffer_(kReadBufferSize) {
   int err = uv_loop_init(&uv_);
   if (err < 0) throw std::runtime_error(uv_strerror(err));
   uv_open_ = true;
@@ -40,6 +43,14 @@ bool Loop::check_thread() const noexcept {
   PyErr_SetString(PyExc_RuntimeError,
                   "Non-thread-safe operation invoked on an event loop other than the current one");
   return false;
+}
+
+bool Loop::call_soon(PyObject* py_loop, PyObject* callback, PyObject* const* args,
+                     Py_ssize_t nargs) {
+  HandleObject* h = new_handle(py_loop, this, callback, args, nargs, nullptr);
+  if (h == nullptr) return false;
+  ready_.push(h);  // the new reference moves to the queue
+  return true;
 }
 
 void Loop::wake_up() noexcept {
@@ -194,6 +205,13 @@ void Loop::close() {
   if (closed_) return;
   closed_ = true;
   clear_references();
+  // Close the transports and listeners still open; their close callbacks
+  // run below. (asyncio's close() leaves sockets to their own __del__.)
+  while (!resources_.empty()) {
+    LoopResource* r = *resources_.begin();
+    resources_.erase(resources_.begin());
+    r->close_with_loop();
+  }
   if (signals_) signals_->close();
   if (!uv_open_) return;
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);

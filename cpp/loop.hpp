@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <unordered_set>
 #include <vector>
 
 #include "handles.hpp"
@@ -24,6 +25,17 @@
 #include "timers.hpp"
 
 namespace fastloop {
+
+// Something on the loop that owns libuv handles (a transport, a listener):
+// the loop closes what is still open when it is closed itself, so that no
+// handle outlives the uv_loop_t.
+class LoopResource {
+ public:
+  virtual void close_with_loop() noexcept = 0;
+
+ protected:
+  ~LoopResource() = default;
+};
 
 // A FIFO of owned references, on a power-of-two ring buffer.
 class ReadyQueue {
@@ -98,6 +110,9 @@ class Loop {
   // Takes a new reference to `h`.
   void push_timer(TimerHandleObject* h) { timers_.push(h); }
   void timer_cancelled() noexcept { timers_.note_cancelled(); }
+  // Schedules callback(*args) in a copy of the current context, as
+  // call_soon. False with an exception set.
+  bool call_soon(PyObject* py_loop, PyObject* callback, PyObject* const* args, Py_ssize_t nargs);
   // From another thread: make a sleeping loop look at its ready queue.
   void wake_up() noexcept;
 
@@ -117,6 +132,11 @@ class Loop {
   PyObject* self() const noexcept { return self_; }
 
   FdWatchers& fd_watchers() noexcept { return watchers_; }
+  void add_resource(LoopResource* r) { resources_.insert(r); }
+  void remove_resource(LoopResource* r) noexcept { resources_.erase(r); }
+  // The buffer every non-buffered stream read lands in (one per loop).
+  char* read_buffer() noexcept { return read_buffer_.data(); }
+  size_t read_buffer_size() const noexcept { return read_buffer_.size(); }
   SignalWakeup& signal_wakeup() noexcept { return *signals_; }
 
   // Garbage collector support for the owning Python object.
@@ -143,6 +163,8 @@ class Loop {
   TimerHeap timers_;
   FdWatchers watchers_;
   std::unique_ptr<SignalWakeup> signals_;
+  std::unordered_set<LoopResource*> resources_;
+  std::vector<char> read_buffer_;
 
   PyObject* self_ = nullptr;  // borrowed: the Python object embedding this core
   PyObject* deferred_exc_ = nullptr;

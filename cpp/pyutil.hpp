@@ -86,6 +86,7 @@ struct Strings {
   PyObject* slow_callback_duration;
   PyObject* kw_loop;           // ("loop",)
   PyObject* kw_loop_name_ctx;  // ("loop", "name", "context")
+  PyObject* send_raised;       // asyncio's warning for writes to a lost connection
 };
 extern Strings g_str;
 bool init_strings() noexcept;

@@ -23,10 +23,19 @@ void register_hooks(py::module_& m) {
             {"future_type", &g_hooks.future_type},
             {"task_type", &g_hooks.task_type},
             {"partial_type", &g_hooks.partial_type},
+            {"buffered_protocol_type", &g_hooks.buffered_protocol_type},
+            {"transport_error", &g_hooks.transport_error},
+            {"server_detach", &g_hooks.server_detach},
+            {"log_warning", &g_hooks.log_warning},
         };
-        for (const auto& [name, slot] : slots) {
-          if (!kwargs.contains(name)) throw py::type_error(std::string("missing hook ") + name);
-          PyObject* value = kwargs[name].ptr();
+        for (const auto& item : kwargs) {
+          const std::string name = py::str(item.first);
+          PyObject** slot = nullptr;
+          for (const auto& [known, where] : slots) {
+            if (name == known) slot = where;
+          }
+          if (slot == nullptr) throw py::type_error("unknown hook " + name);
+          PyObject* value = item.second.ptr();
           Py_INCREF(value);
           Py_XSETREF(*slot, value);  // hooks live as long as the module
         }
@@ -61,4 +70,5 @@ PYBIND11_MODULE(_core, m) {
   }
   fastloop::register_loop(m);
   fastloop::register_hooks(m);
+  fastloop::register_stream(m);
 }

@@ -24,6 +24,7 @@ import weakref
 from asyncio import constants, coroutines, events, format_helpers, futures, tasks
 
 from . import _core
+from ._network import NetworkMethods
 
 # asyncio's own logger: logging set up for asyncio sees fastloop's reports.
 logger = logging.getLogger("asyncio")
@@ -146,7 +147,7 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class Loop(_core.Loop, asyncio.AbstractEventLoop):
+class Loop(NetworkMethods, _core.Loop, asyncio.AbstractEventLoop):
     """An asyncio event loop running on fastloop's libuv core."""
 
     __module__ = "fastloop"
@@ -162,6 +163,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         self._signal_handlers = {}
         self._watched_readers = {}
         self._watched_writers = {}
+        self._listeners = {}  # listening fd -> _transports.Listener
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
@@ -259,6 +261,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         executor, self._default_executor = self._default_executor, None
         self._watched_readers.clear()
         self._watched_writers.clear()
+        self._listeners.clear()  # the core closes them with the loop
         self._close()
         if executor is not None:
             executor.shutdown(wait=False)

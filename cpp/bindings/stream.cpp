@@ -1,0 +1,153 @@
+// Binds StreamTransport and StreamListener (fastloop._core). The Python
+// classes in fastloop/_transports.py derive from these.
+#include "stream.hpp"
+
+#include <pybind11/pybind11.h>
+
+#include "errors.hpp"
+#include "instance.hpp"
+#include "registry.hpp"
+#include "server.hpp"
+
+namespace py = pybind11;
+
+namespace fastloop {
+
+namespace {
+
+StreamTransport& transport(py::handle self) {
+  auto* t = cpp_of<StreamTransport>(self.ptr());
+  if (t == nullptr) throw py::type_error("StreamTransport.__init__() was not called");
+  return *t;
+}
+
+StreamListener& listener(py::handle self) {
+  auto* l = cpp_of<StreamListener>(self.ptr());
+  if (l == nullptr) throw py::type_error("StreamListener.__init__() was not called");
+  return *l;
+}
+
+void check(bool ok) {
+  if (!ok) throw py::error_already_set();
+}
+
+void check_uv(int err) {
+  if (err < 0) {
+    set_uv_error(err);
+    throw py::error_already_set();
+  }
+}
+
+StreamKind kind_of(const std::string& kind) {
+  if (kind == "tcp") return StreamKind::kTcp;
+  if (kind == "pipe") return StreamKind::kPipe;
+  throw py::value_error("kind must be 'tcp' or 'pipe'");
+}
+
+// transport.write(data): the hot path, a fastcall method.
+PyObject* transport_write(PyObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                          PyObject* kwnames) {
+  auto* t = cpp_of<StreamTransport>(self);
+  if (t == nullptr) {
+    PyErr_SetString(PyExc_TypeError, "StreamTransport.__init__() was not called");
+    return nullptr;
+  }
+  if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != nullptr) {
+    PyErr_SetString(PyExc_TypeError, "write() takes exactly one argument (data)");
+    return nullptr;
+  }
+  if (!t->write(args[0])) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyMethodDef kTransportFastMethods[] = {
+    {"write", as_cfunction(transport_write), METH_FASTCALL | METH_KEYWORDS,
+     "write(data): send bytes-like data, buffering what cannot go out at once."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+void register_stream(py::module_& m) {
+  py::class_<StreamTransport> t(m, "StreamTransport");
+  t.doc() = "The native half of a TCP or Unix stream transport.";
+  t.def(py::init([](py::handle loop, const std::string& kind) {
+     if (core_of(loop.ptr()) == nullptr) throw py::type_error("a fastloop loop was expected");
+     return new StreamTransport(loop.ptr(), kind_of(kind));
+   }))
+      .def("_adopt", [](py::handle self) { transport(self).adopt(self.ptr()); })
+      .def("_open", [](py::handle self, int fd) { check_uv(transport(self).open(fd)); })
+      .def("writelines",
+           [](py::handle self, py::handle data) { check(transport(self).writelines(data.ptr())); })
+      .def("write_eof", [](py::handle self) { check(transport(self).write_eof()); })
+      .def("can_write_eof", [](py::handle self) { return transport(self).can_write_eof(); })
+      .def("close", [](py::handle self) { transport(self).close(); })
+      .def("abort", [](py::handle self) { transport(self).abort(); })
+      .def("_force_close",
+           [](py::handle self, py::handle exc) {
+             transport(self).force_close(exc.is_none() ? nullptr : exc.ptr());
+           })
+      .def("is_closing", [](py::handle self) { return transport(self).is_closing(); })
+      .def("is_reading", [](py::handle self) { return transport(self).is_reading(); })
+      .def("pause_reading", [](py::handle self) { transport(self).pause_reading(); })
+      .def("resume_reading", [](py::handle self) { transport(self).resume_reading(); })
+      .def("set_protocol",
+           [](py::handle self, py::handle protocol) {
+             check(transport(self).set_protocol(protocol.ptr()));
+           })
+      .def("get_protocol",
+           [](py::handle self) -> py::object {
+             PyObject* p = transport(self).protocol();
+             return p != nullptr ? py::reinterpret_borrow<py::object>(p) : py::none();
+           })
+      .def("get_write_buffer_size",
+           [](py::handle self) { return transport(self).write_buffer_size(); })
+      .def("get_write_buffer_limits",
+           [](py::handle self) {
+             StreamTransport& tr = transport(self);
+             return py::make_tuple(tr.low_water(), tr.high_water());
+           })
+      .def(
+          "set_write_buffer_limits",
+          [](py::handle self, py::handle high, py::handle low) {
+            check(transport(self).set_write_buffer_limits(high.ptr(), low.ptr()));
+          },
+          py::arg("high") = py::none(), py::arg("low") = py::none())
+      .def("_start_reading", [](py::handle self) { transport(self).start_reading(); })
+      .def("_call_connection_lost",
+           [](py::handle self, py::handle exc) {
+             check(transport(self).call_connection_lost(exc.is_none() ? nullptr : exc.ptr()));
+           })
+      .def("_fileno", [](py::handle self) { return transport(self).fileno(); })
+      .def("_set_socket",
+           [](py::handle self, py::handle sock) { transport(self).set_socket(sock.ptr()); })
+      .def("_set_server",
+           [](py::handle self, py::handle server) {
+             transport(self).set_server(server.is_none() ? nullptr : server.ptr());
+           })
+      .def_property_readonly("_loop", [](py::handle self) -> py::object {
+        return py::reinterpret_borrow<py::object>(transport(self).py_loop());
+      });
+  add_fast_methods(t, kTransportFastMethods);
+
+  py::class_<StreamListener> l(m, "StreamListener");
+  l.doc() = "The native half of a listening TCP or Unix socket.";
+  l.def(py::init([](py::handle loop, const std::string& kind) {
+     if (core_of(loop.ptr()) == nullptr) throw py::type_error("a fastloop loop was expected");
+     return new StreamListener(loop.ptr(), kind_of(kind));
+   }))
+      .def("_adopt", [](py::handle self) { listener(self).adopt(self.ptr()); })
+      .def("_open", [](py::handle self, int fd) { check_uv(listener(self).open(fd)); })
+      .def("_listen",
+           [](py::handle self, int backlog) { check_uv(listener(self).listen(backlog)); })
+      .def("_accept",
+           [](py::handle self, py::handle into) {
+             auto* t = cpp_of<StreamTransport>(into.ptr());
+             if (t == nullptr) throw py::type_error("a StreamTransport was expected");
+             check_uv(listener(self).accept(t));
+           })
+      .def("_close", [](py::handle self) { listener(self).close(); })
+      .def("_is_closed", [](py::handle self) { return listener(self).closed(); });
+}
+
+}  // namespace fastloop

@@ -1,0 +1,77 @@
+"""Networking on fastloop: asyncio's own orchestration over fastloop's transports.
+
+The connection logic that is not on the data path (resolving, Happy
+Eyeballs, binding, the Server object, TLS over asyncio.sslproto, sendfile's
+fallback, Unix socket paths) is asyncio's own: the methods below are
+asyncio's functions, called on this loop, not copies of them. They reach
+fastloop through the hooks asyncio's loops provide for exactly this:
+_make_socket_transport, _make_ssl_transport, _start_serving and
+_stop_serving, which build the native transports and listeners of
+_transports.py. Behaviour, argument checks and error messages are therefore
+those of the running Python's asyncio.
+"""
+
+from __future__ import annotations
+
+from asyncio import base_events, constants, unix_events
+
+from . import _transports
+
+_Base = base_events.BaseEventLoop
+_Unix = unix_events._UnixSelectorEventLoop
+
+
+class NetworkMethods:
+    """Stream networking: TCP and Unix connections and servers, TLS, sendfile."""
+
+    create_connection = _Base.create_connection
+    _create_connection_transport = _Base._create_connection_transport
+    _ensure_resolved = _Base._ensure_resolved
+    _connect_sock = _Base._connect_sock
+    create_server = _Base.create_server
+    _create_server_getaddrinfo = _Base._create_server_getaddrinfo
+    connect_accepted_socket = _Base.connect_accepted_socket
+    start_tls = _Base.start_tls
+    sendfile = _Base.sendfile
+    _sendfile_native = _Base._sendfile_native
+    _sendfile_fallback = _Base._sendfile_fallback
+    create_unix_connection = _Unix.create_unix_connection
+    create_unix_server = _Unix.create_unix_server
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return _transports.make_socket_transport(
+            self, sock, protocol, waiter, extra=extra, server=server
+        )
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, **kwargs):
+        return _transports.make_ssl_transport(self, rawsock, protocol, sslcontext, waiter, **kwargs)
+
+    def _start_serving(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        if sock.fileno() in self._listeners:
+            return  # already serving (Server.start_serving twice)
+        self._listeners[sock.fileno()] = _transports.Listener(
+            self,
+            sock,
+            protocol_factory,
+            sslcontext,
+            server,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+
+    def _stop_serving(self, sock):
+        listener = self._listeners.pop(sock.fileno(), None)
+        if listener is not None:
+            listener.close()  # libuv closes the fd; the socket is detached from it
+        else:
+            sock.close()

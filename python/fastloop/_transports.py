@@ -1,0 +1,257 @@
+"""Stream transports and listeners: the Python half of cpp/stream.* and cpp/server.*.
+
+The native classes carry the data path (reads, writes, flow control,
+closing); these subclasses add what asyncio's transports keep in Python:
+extra info, the repr, the server bookkeeping and the accept path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+from asyncio import base_events, constants, sslproto, trsock
+
+from . import _core
+
+logger = logging.getLogger("asyncio")
+
+# Python 3.13 passes the transport to Server._attach/_detach (close_clients).
+_SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).parameters) > 1
+
+_RESOURCE_ERRNOS = frozenset(
+    getattr(__import__("errno"), name) for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+)
+
+
+def _server_attach(server, transport) -> None:
+    if _SERVER_TRACKS_TRANSPORTS:
+        server._attach(transport)
+    else:
+        server._attach()
+
+
+def _server_detach(server, transport) -> None:
+    if _SERVER_TRACKS_TRANSPORTS:
+        server._detach(transport)
+    else:
+        server._detach()
+
+
+def _transport_error(transport, exc, message, fatal) -> None:
+    """Report an error of a transport as asyncio's _fatal_error does."""
+    loop = transport._loop
+    if fatal and isinstance(exc, OSError):
+        # Connection errors are the peer's doing: logged in debug mode only.
+        if loop.get_debug():
+            logger.debug("%r: %s", transport, message, exc_info=exc)
+        return
+    loop.call_exception_handler(
+        {
+            "message": message,
+            "exception": exc,
+            "transport": transport,
+            "protocol": transport.get_protocol(),
+        }
+    )
+
+
+def _socket_extra(sock, extra=None) -> dict:
+    info = dict(extra) if extra else {}
+    info["socket"] = trsock.TransportSocket(sock)
+    try:
+        info["sockname"] = sock.getsockname()
+    except OSError:
+        info["sockname"] = None
+    if "peername" not in info:
+        try:
+            info["peername"] = sock.getpeername()
+        except OSError:
+            info["peername"] = None
+    return info
+
+
+class StreamTransport(_core.StreamTransport):
+    """A TCP or Unix stream transport (asyncio.Transport's interface)."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+
+    def __init__(self, loop, kind):
+        super().__init__(loop, kind)
+        self._extra = {}
+        # From here the object keeps itself alive until its handle is closed.
+        self._adopt()
+
+    def _start(self, sock, protocol, extra, server, waiter):
+        """Begin as asyncio's transports do: connection_made, then reading."""
+        self._set_socket(sock)
+        self._extra = extra
+        self.set_protocol(protocol)
+        if server is not None:
+            _server_attach(server, self)
+            self._set_server(server)
+        loop = self._loop
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    def __repr__(self):
+        info = [type(self).__name__]
+        if self.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._fileno()}")
+        info.append(f"read={'polling' if self.is_reading() else 'idle'}")
+        info.append(f"write=<bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+
+def _set_result_unless_cancelled(fut, result):
+    if not fut.cancelled():
+        fut.set_result(result)
+
+
+def make_socket_transport(loop, sock, protocol, waiter=None, *, extra=None, server=None):
+    """asyncio's _make_socket_transport: wrap a connected socket."""
+    kind = "pipe" if sock.family == socket.AF_UNIX else "tcp"
+    transport = StreamTransport(loop, kind)
+    try:
+        transport._open(sock.fileno())
+    except BaseException:
+        transport._call_connection_lost(None)  # closes the handle
+        raise
+    transport._start(sock, protocol, _socket_extra(sock, extra), server, waiter)
+    return transport
+
+
+def make_ssl_transport(
+    loop,
+    rawsock,
+    protocol,
+    sslcontext,
+    waiter=None,
+    *,
+    server_side=False,
+    server_hostname=None,
+    extra=None,
+    server=None,
+    ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+    ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    call_connection_made=True,
+):
+    """asyncio's _make_ssl_transport: asyncio's SSLProtocol over our transport."""
+    ssl_protocol = sslproto.SSLProtocol(
+        loop,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side,
+        server_hostname,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+        call_connection_made=call_connection_made,
+    )
+    make_socket_transport(loop, rawsock, ssl_protocol, extra=extra, server=server)
+    return ssl_protocol._app_transport
+
+
+class Listener(_core.StreamListener):
+    """A listening socket serving an asyncio Server (asyncio's _start_serving)."""
+
+    def __init__(
+        self,
+        loop,
+        sock,
+        protocol_factory,
+        sslcontext,
+        server,
+        backlog,
+        ssl_handshake_timeout,
+        ssl_shutdown_timeout,
+    ):
+        self._kind = "pipe" if sock.family == socket.AF_UNIX else "tcp"
+        super().__init__(loop, self._kind)
+        self._adopt()
+        self._loop = loop
+        self._sock = sock
+        self._protocol_factory = protocol_factory
+        self._sslcontext = sslcontext
+        self._server = server
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
+        try:
+            self._open(sock.fileno())
+            self._listen(backlog)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Stop listening; libuv closes the fd, so the socket object lets go of it."""
+        if not self._is_closed():
+            self._sock.detach()
+            self._close()
+
+    def _on_connection(self):
+        loop = self._loop
+        transport = StreamTransport(loop, self._kind)
+        try:
+            self._accept(transport)
+        except OSError as exc:
+            transport._call_connection_lost(None)  # closes the handle
+            self._on_accept_error(exc)
+            return
+        sock = socket.socket(fileno=transport._fileno())
+        protocol = None
+        try:
+            protocol = self._protocol_factory()
+            if self._sslcontext:
+                ssl_protocol = sslproto.SSLProtocol(
+                    loop,
+                    protocol,
+                    self._sslcontext,
+                    None,
+                    server_side=True,
+                    ssl_handshake_timeout=self._ssl_handshake_timeout,
+                    ssl_shutdown_timeout=self._ssl_shutdown_timeout,
+                )
+                transport._start(sock, ssl_protocol, _socket_extra(sock), self._server, None)
+            else:
+                transport._start(sock, protocol, _socket_extra(sock), self._server, None)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            # As asyncio's _accept_connection2: reported in debug mode only.
+            if loop.get_debug():
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                context["transport"] = transport
+                loop.call_exception_handler(context)
+            transport._set_socket(sock)
+            transport.abort()
+
+    def _on_accept_error(self, exc):
+        message = (
+            "socket.accept() out of system resource"
+            if exc.errno in _RESOURCE_ERRNOS
+            else "Error on accepting a connection"
+        )
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "socket": trsock.TransportSocket(self._sock)}
+        )
+
+
+_core._install_hooks(
+    buffered_protocol_type=__import__("asyncio").BufferedProtocol,
+    transport_error=_transport_error,
+    server_detach=_server_detach,
+    log_warning=logger.warning,
+)
