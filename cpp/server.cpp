@@ -36,7 +36,12 @@ int StreamListener::listen(int backlog) {
 }
 
 int StreamListener::accept(StreamTransport* transport) {
-  return uv_accept(stream(), transport->stream());
+  const int err = uv_accept(stream(), transport->stream());
+  if (err == 0 && kind_ == StreamKind::kTcp) {
+    // asyncio sets TCP_NODELAY on every TCP transport (base_events._set_nodelay).
+    uv_tcp_nodelay(reinterpret_cast<uv_tcp_t*>(transport->stream()), 1);
+  }
+  return err;
 }
 
 void StreamListener::on_connection(uv_stream_t* server, int status) noexcept {

@@ -55,12 +55,13 @@ StreamTransport::~StreamTransport() {
   Py_CLEAR(eof_received_);
   Py_CLEAR(sock_);
   Py_CLEAR(server_);
+  Py_CLEAR(alloc_error_);
   Py_CLEAR(py_loop_);
 }
 
-void StreamTransport::adopt(PyObject* self) {
-  // Ownership: the Python object now lives at least until on_close.
-  self_ref_ = Py_NewRef(self);
+void StreamTransport::adopt(PyObject* owner) {
+  // Ownership: the Python transport now lives at least until on_close.
+  self_ref_ = Py_NewRef(owner);
 }
 
 int StreamTransport::open(int fd) {
@@ -142,12 +143,10 @@ void StreamTransport::on_alloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* b
   GilFromLibuv gil(self->loop_);
   Ref size(PyLong_FromLong(-1));
   Ref buffer(size ? call1(self->get_buffer_, size.get()) : nullptr);
-  if (!buffer) {
-    self->protocol_call_failed("Fatal error: protocol.get_buffer() call failed.");
-    return;
-  }
-  if (PyObject_GetBuffer(buffer.get(), &self->read_view_, PyBUF_WRITABLE) < 0) {
-    self->protocol_call_failed("Fatal error: protocol.get_buffer() call failed.");
+  // On failure, the error is kept for on_read (UV_ENOBUFS): libuv does not
+  // allow uv_read_stop, which closing does, inside the allocation callback.
+  if (!buffer || PyObject_GetBuffer(buffer.get(), &self->read_view_, PyBUF_WRITABLE) < 0) {
+    self->alloc_error_ = take_exception();
     return;
   }
   self->read_view_held_ = true;
@@ -155,7 +154,7 @@ void StreamTransport::on_alloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* b
     PyBuffer_Release(&self->read_view_);
     self->read_view_held_ = false;
     PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
-    self->protocol_call_failed("Fatal error: protocol.get_buffer() call failed.");
+    self->alloc_error_ = take_exception();
     return;
   }
   *buf = uv_buf_init(static_cast<char*>(self->read_view_.buf),
@@ -176,8 +175,10 @@ void StreamTransport::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* /*b
   if (nread == UV_EOF) {
     self->reading_ = false;  // libuv stops reading at EOF
     self->read_eof();
-  } else if (nread < 0 && nread != UV_ENOBUFS) {
-    // UV_ENOBUFS: on_alloc found no buffer and has already reported why.
+  } else if (nread == UV_ENOBUFS && self->alloc_error_ != nullptr) {
+    restore_exception(std::exchange(self->alloc_error_, nullptr));
+    self->protocol_call_failed("Fatal error: protocol.get_buffer() call failed.");
+  } else if (nread < 0) {
     self->fatal_uv_error(static_cast<int>(nread), "Fatal read error on socket transport");
   }
 }

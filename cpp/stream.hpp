@@ -37,9 +37,10 @@ class StreamTransport : public LoopResource {
   uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&handle_); }
   // Initializes the handle for accepting; the listener then calls uv_accept.
   int init_for_accept();
-  // Called once the handle is open: from here the object keeps itself alive
-  // until the handle's close callback. `self` is the Python object.
-  void adopt(PyObject* self);
+  // From here `owner`, the Python transport that owns this object, is kept
+  // alive until the handle's close callback. It is what protocols and error
+  // reports see as the transport.
+  void adopt(PyObject* owner);
 
   // ---- asyncio.Transport ----
   bool write(PyObject* data);  // false with an exception set
@@ -121,7 +122,8 @@ class StreamTransport : public LoopResource {
   PyObject* eof_received_ = nullptr;
   PyObject* sock_ = nullptr;
   PyObject* server_ = nullptr;
-  Py_buffer read_view_{};  // BufferedProtocol's buffer during a read
+  Py_buffer read_view_{};            // BufferedProtocol's buffer during a read
+  PyObject* alloc_error_ = nullptr;  // get_buffer() failed: reported by on_read
   bool read_view_held_ = false;
 
   std::vector<Chunk> queued_;     // not yet handed to libuv

@@ -75,7 +75,9 @@ void register_stream(py::module_& m) {
      if (core_of(loop.ptr()) == nullptr) throw py::type_error("a fastloop loop was expected");
      return new StreamTransport(loop.ptr(), kind_of(kind));
    }))
-      .def("_adopt", [](py::handle self) { transport(self).adopt(self.ptr()); })
+      .def(
+          "_adopt", [](py::handle self, py::handle owner) { transport(self).adopt(owner.ptr()); },
+          "Keep `owner` (the Python transport) alive until the handle is closed.")
       .def("_open", [](py::handle self, int fd) { check_uv(transport(self).open(fd)); })
       .def("writelines",
            [](py::handle self, py::handle data) { check(transport(self).writelines(data.ptr())); })

@@ -24,7 +24,9 @@ import weakref
 from asyncio import constants, coroutines, events, format_helpers, futures, tasks
 
 from . import _core
+from ._datagram import DatagramMethods
 from ._network import NetworkMethods
+from ._sockets import SocketMethods
 
 # asyncio's own logger: logging set up for asyncio sees fastloop's reports.
 logger = logging.getLogger("asyncio")
@@ -147,7 +149,7 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class Loop(NetworkMethods, _core.Loop, asyncio.AbstractEventLoop):
+class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.AbstractEventLoop):
     """An asyncio event loop running on fastloop's libuv core."""
 
     __module__ = "fastloop"

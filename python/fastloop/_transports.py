@@ -7,6 +7,7 @@ extra info, the repr, the server bookkeeping and the accept path.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import socket
@@ -71,17 +72,51 @@ def _socket_extra(sock, extra=None) -> dict:
     return info
 
 
-class StreamTransport(_core.StreamTransport):
-    """A TCP or Unix stream transport (asyncio.Transport's interface)."""
+class StreamTransport(asyncio.Transport):
+    """A TCP or Unix stream transport: an asyncio.Transport on fastloop's core.
+
+    The native object (_core.StreamTransport) does the work. Its methods are
+    bound onto each instance, so a call such as transport.write(data) goes
+    straight to the native method. The native object keeps this one alive
+    while its libuv handle is open.
+    """
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
 
+    _NATIVE_METHODS = (
+        "write",
+        "writelines",
+        "write_eof",
+        "can_write_eof",
+        "close",
+        "abort",
+        "_force_close",
+        "is_closing",
+        "is_reading",
+        "pause_reading",
+        "resume_reading",
+        "set_protocol",
+        "get_protocol",
+        "get_write_buffer_size",
+        "get_write_buffer_limits",
+        "set_write_buffer_limits",
+        "_start_reading",
+        "_call_connection_lost",
+        "_fileno",
+        "_set_socket",
+        "_set_server",
+        "_open",
+    )
+
     def __init__(self, loop, kind):
-        super().__init__(loop, kind)
-        self._extra = {}
-        # From here the object keeps itself alive until its handle is closed.
-        self._adopt()
+        super().__init__()
+        self._loop = loop
+        native = self._native = _core.StreamTransport(loop, kind)
+        for name in self._NATIVE_METHODS:
+            setattr(self, name, getattr(native, name))
+        # From here this object lives until the native handle is closed.
+        native._adopt(self)
 
     def _start(self, sock, protocol, extra, server, waiter):
         """Begin as asyncio's transports do: connection_made, then reading."""
@@ -96,9 +131,6 @@ class StreamTransport(_core.StreamTransport):
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
-
-    def get_extra_info(self, name, default=None):
-        return self._extra.get(name, default)
 
     def __repr__(self):
         info = [type(self).__name__]
@@ -200,7 +232,7 @@ class Listener(_core.StreamListener):
         loop = self._loop
         transport = StreamTransport(loop, self._kind)
         try:
-            self._accept(transport)
+            self._accept(transport._native)
         except OSError as exc:
             transport._call_connection_lost(None)  # closes the handle
             self._on_accept_error(exc)
@@ -250,7 +282,7 @@ class Listener(_core.StreamListener):
 
 
 _core._install_hooks(
-    buffered_protocol_type=__import__("asyncio").BufferedProtocol,
+    buffered_protocol_type=asyncio.BufferedProtocol,
     transport_error=_transport_error,
     server_detach=_server_detach,
     log_warning=logger.warning,
