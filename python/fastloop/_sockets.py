@@ -23,7 +23,7 @@ import os
 import socket
 from asyncio import constants, exceptions
 
-from ._dns import _HAS_IPv6
+from ._dns import _HAS_IPv6, DnsMethods
 
 try:
     import ssl
@@ -187,8 +187,12 @@ def _writable(fut):
         fut.set_result(None)
 
 
-class SocketMethods:
-    """loop.sock_* of asyncio's loop, mixed into fastloop.Loop."""
+class SocketMethods(DnsMethods):
+    """loop.sock_* of asyncio's loop, mixed into fastloop.Loop.
+
+    It brings name resolution (getaddrinfo, getnameinfo, _ensure_resolved)
+    along: sock_connect resolves through it.
+    """
 
     __slots__ = ()
 
