@@ -179,6 +179,13 @@ class DnsMethods:
             logger.debug(msg)
         return addrinfo
 
+    def _check_resolver(self):
+        # An answer given without the executor fails where run_in_executor(None)
+        # would have failed, as asyncio's always goes through it.
+        self._check_closed()
+        if getattr(self, "_executor_shutdown_called", False):
+            raise RuntimeError("Executor shutdown has been called")
+
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
         if self.get_debug():
             # As asyncio: every query is logged from the executor.
@@ -190,12 +197,12 @@ class DnsMethods:
             # (loopback or wildcard addresses), unless the port is a service
             # name, which may need a lookup.
             if _numeric_port(port) is not None:
-                self._check_closed()
+                self._check_resolver()
                 return socket.getaddrinfo(host, port, family, type, proto, flags)
         else:
             infos = _numeric_addrinfo(host, port, family, type, proto, flags)
             if infos is not None:
-                self._check_closed()
+                self._check_resolver()
                 return infos
         return await self.run_in_executor(
             None, socket.getaddrinfo, host, port, family, type, proto, flags
@@ -204,7 +211,7 @@ class DnsMethods:
     async def getnameinfo(self, sockaddr, flags=0):
         if isinstance(flags, int) and flags & _NUMERIC_NAMEINFO == _NUMERIC_NAMEINFO:
             # Numeric host and service: formatting only, no lookup.
-            self._check_closed()
+            self._check_resolver()
             return socket.getnameinfo(sockaddr, flags)
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
