@@ -56,6 +56,7 @@ StreamTransport::~StreamTransport() {
   Py_CLEAR(sock_);
   Py_CLEAR(server_);
   Py_CLEAR(alloc_error_);
+  Py_CLEAR(empty_waiter_);
   Py_CLEAR(py_loop_);
 }
 
@@ -233,6 +234,10 @@ bool StreamTransport::write(PyObject* data) {
     PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
     return false;
   }
+  if (empty_waiter_ != nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
+    return false;
+  }
   Py_buffer view{};
   if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return false;
   const char* base = static_cast<const char*>(view.buf);
@@ -336,6 +341,7 @@ void StreamTransport::on_write(uv_write_t* req, int status) noexcept {
 void StreamTransport::after_write() {
   maybe_resume_protocol();
   if (write_buffer_size() != 0 || writing_) return;
+  settle_empty_waiter(nullptr);
   if (closing_) {
     schedule_connection_lost(nullptr);
   } else if (eof_written_) {
@@ -485,6 +491,11 @@ bool StreamTransport::call_connection_lost(PyObject* exc) {
     if (!r && error == nullptr) error = take_exception();
     PyErr_Clear();
   }
+  if (empty_waiter_ != nullptr) {
+    Ref exc(PyObject_CallFunction(PyExc_ConnectionError, "s", "Connection is closed by peer"));
+    if (exc) settle_empty_waiter(exc.get());
+    PyErr_Clear();
+  }
   if (error != nullptr) {
     restore_exception(error);
     return false;
@@ -532,6 +543,31 @@ void StreamTransport::fatal_uv_error(int err, const char* message) {
   set_uv_error(err);
   Ref exc(take_exception());
   fatal_error(exc.get(), message);
+  settle_empty_waiter(exc.get());
+}
+
+PyObject* StreamTransport::make_empty_waiter() {
+  if (empty_waiter_ != nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "Empty waiter is already set");
+    return nullptr;
+  }
+  empty_waiter_ = PyObject_CallMethod(py_loop_, "create_future", nullptr);
+  if (empty_waiter_ == nullptr) return nullptr;
+  if (write_buffer_size() == 0 && !writing_) {
+    Ref r(PyObject_CallMethod(empty_waiter_, "set_result", "O", Py_None));
+    if (!r) return nullptr;
+  }
+  return Py_NewRef(empty_waiter_);
+}
+
+void StreamTransport::settle_empty_waiter(PyObject* exc) {
+  if (empty_waiter_ == nullptr) return;
+  Ref done(PyObject_CallMethod(empty_waiter_, "done", nullptr));
+  if (done && done.get() == Py_False) {
+    Ref r(exc != nullptr ? PyObject_CallMethod(empty_waiter_, "set_exception", "O", exc)
+                         : PyObject_CallMethod(empty_waiter_, "set_result", "O", Py_None));
+  }
+  PyErr_Clear();
 }
 
 void StreamTransport::protocol_call_failed(const char* message) {

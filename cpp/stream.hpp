@@ -58,6 +58,7 @@ class StreamTransport : public LoopResource {
   PyObject* protocol() const noexcept { return protocol_; }
   size_t write_buffer_size() const noexcept;
   size_t high_water() const noexcept { return high_water_; }
+  bool protocol_paused() const noexcept { return protocol_paused_; }
   size_t low_water() const noexcept { return low_water_; }
   bool set_write_buffer_limits(PyObject* high, PyObject* low);
   // Starts reading (asyncio starts after connection_made has run).
@@ -67,6 +68,10 @@ class StreamTransport : public LoopResource {
   // asyncio's _call_connection_lost: the protocol's connection_lost(exc),
   // then the handle is closed and the protocol and server let go.
   bool call_connection_lost(PyObject* exc);
+  // sendfile's "empty waiter": a future resolved once the write buffer is
+  // empty; while it is set, write() refuses (asyncio's _make_empty_waiter).
+  PyObject* make_empty_waiter();
+  void reset_empty_waiter() noexcept { Py_CLEAR(empty_waiter_); }
   void close_with_loop() noexcept override;
 
   // The Python socket object to detach at close, the extra-info dict and the
@@ -104,6 +109,8 @@ class StreamTransport : public LoopResource {
   void schedule_connection_lost(PyObject* exc);
   void close_handle();
   void release_chunks(std::vector<Chunk>& chunks);
+  // Resolves the empty waiter, if any: with None, or with `exc` set.
+  void settle_empty_waiter(PyObject* exc);
   bool queue_bytes(PyObject* data, const char* base, size_t len, size_t skip);
 
   union {
@@ -124,6 +131,7 @@ class StreamTransport : public LoopResource {
   PyObject* server_ = nullptr;
   Py_buffer read_view_{};            // BufferedProtocol's buffer during a read
   PyObject* alloc_error_ = nullptr;  // get_buffer() failed: reported by on_read
+  PyObject* empty_waiter_ = nullptr;
   bool read_view_held_ = false;
 
   std::vector<Chunk> queued_;     // not yet handed to libuv

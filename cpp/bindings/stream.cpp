@@ -121,6 +121,14 @@ void register_stream(py::module_& m) {
              check(transport(self).call_connection_lost(exc.is_none() ? nullptr : exc.ptr()));
            })
       .def("_fileno", [](py::handle self) { return transport(self).fileno(); })
+      .def("_make_empty_waiter",
+           [](py::handle self) {
+             PyObject* fut = transport(self).make_empty_waiter();
+             if (fut == nullptr) throw py::error_already_set();
+             return py::reinterpret_steal<py::object>(fut);
+           })
+      .def("_reset_empty_waiter", [](py::handle self) { transport(self).reset_empty_waiter(); })
+      .def("_protocol_paused", [](py::handle self) { return transport(self).protocol_paused(); })
       .def("_set_socket",
            [](py::handle self, py::handle sock) { transport(self).set_socket(sock.ptr()); })
       .def("_set_server",

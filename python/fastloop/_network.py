@@ -33,7 +33,6 @@ class NetworkMethods:
     connect_accepted_socket = _Base.connect_accepted_socket
     start_tls = _Base.start_tls
     sendfile = _Base.sendfile
-    _sendfile_native = _Base._sendfile_native
     _sendfile_fallback = _Base._sendfile_fallback
     create_unix_connection = _Unix.create_unix_connection
     create_unix_server = _Unix.create_unix_server
@@ -45,6 +44,24 @@ class NetworkMethods:
 
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, **kwargs):
         return _transports.make_ssl_transport(self, rawsock, protocol, sslcontext, waiter, **kwargs)
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        """Zero-copy sendfile on a fastloop transport, as asyncio's selector loop does it.
+
+        Reading pauses and the write buffer drains first; then the socket goes
+        to sock_sendfile (os.sendfile), and writes are refused until it ends.
+        """
+        if not isinstance(transp, _transports.StreamTransport):
+            return await _Base._sendfile_native(self, transp, file, offset, count)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
 
     def _start_serving(
         self,

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import socket
-from asyncio import base_events, constants, sslproto, trsock
+from asyncio import base_events, constants, sslproto, transports, trsock
 
 from . import _core
 
@@ -72,7 +72,7 @@ def _socket_extra(sock, extra=None) -> dict:
     return info
 
 
-class StreamTransport(asyncio.Transport):
+class StreamTransport(transports._FlowControlMixin):
     """A TCP or Unix stream transport: an asyncio.Transport on fastloop's core.
 
     The native object (_core.StreamTransport) does the work. Its methods are
@@ -82,7 +82,7 @@ class StreamTransport(asyncio.Transport):
     """
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     _NATIVE_METHODS = (
         "write",
@@ -107,11 +107,13 @@ class StreamTransport(asyncio.Transport):
         "_set_socket",
         "_set_server",
         "_open",
+        "_make_empty_waiter",
+        "_reset_empty_waiter",
     )
 
     def __init__(self, loop, kind):
-        super().__init__()
-        self._loop = loop
+        super().__init__(loop=loop)
+        self._sock = None
         native = self._native = _core.StreamTransport(loop, kind)
         for name in self._NATIVE_METHODS:
             setattr(self, name, getattr(native, name))
@@ -120,6 +122,7 @@ class StreamTransport(asyncio.Transport):
 
     def _start(self, sock, protocol, extra, server, waiter):
         """Begin as asyncio's transports do: connection_made, then reading."""
+        self._sock = sock
         self._set_socket(sock)
         self._extra = extra
         self.set_protocol(protocol)
@@ -131,6 +134,15 @@ class StreamTransport(asyncio.Transport):
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    # _FlowControlMixin keeps this in a slot; the native side owns the state.
+    @property
+    def _protocol_paused(self):
+        return self._native._protocol_paused()
+
+    @_protocol_paused.setter
+    def _protocol_paused(self, value):
+        pass  # _FlowControlMixin.__init__ sets it; the native state wins
 
     def __repr__(self):
         info = [type(self).__name__]
