@@ -166,6 +166,7 @@ class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.A
         self._watched_readers = {}
         self._watched_writers = {}
         self._listeners = {}  # listening fd -> _transports.Listener
+        self._transports = weakref.WeakValueDictionary()  # fd -> open stream transport
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
@@ -469,14 +470,22 @@ class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.A
     # File objects are remembered while watched: as with asyncio's selector,
     # remove_reader(sock) still works after sock.close() made fileno() -1.
 
+    def _ensure_fd_no_transport(self, fd):
+        """An fd that an open transport owns cannot be watched (asyncio's check)."""
+        transport = self._transports.get(_fileobj_to_fd(fd))
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
     def add_reader(self, fd, callback, *args):
         fileno = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fileno)
         self._check_closed()
         self._add_reader(fileno, callback, args, None)
         self._watched_readers[fileno] = fd
 
     def remove_reader(self, fd):
         fileno = self._watched_fd(fd, self._watched_readers)
+        self._ensure_fd_no_transport(fileno)
         if self.is_closed():
             return False
         self._watched_readers.pop(fileno, None)
@@ -484,12 +493,14 @@ class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.A
 
     def add_writer(self, fd, callback, *args):
         fileno = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fileno)
         self._check_closed()
         self._add_writer(fileno, callback, args, None)
         self._watched_writers[fileno] = fd
 
     def remove_writer(self, fd):
         fileno = self._watched_fd(fd, self._watched_writers)
+        self._ensure_fd_no_transport(fileno)
         if self.is_closed():
             return False
         self._watched_writers.pop(fileno, None)

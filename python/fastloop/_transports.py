@@ -130,6 +130,7 @@ class StreamTransport(transports._FlowControlMixin):
             _server_attach(server, self)
             self._set_server(server)
         loop = self._loop
+        loop._transports[sock.fileno()] = self
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
