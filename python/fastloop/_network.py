@@ -53,15 +53,20 @@ class NetworkMethods:
         """
         if not isinstance(transp, _transports.StreamTransport):
             return await _Base._sendfile_native(self, transp, file, offset, count)
+        fd = transp._sock.fileno()
+        # The socket is lent to sock_sendfile, which watches its fd itself.
+        self._transports.pop(fd, None)
         resume_reading = transp.is_reading()
         transp.pause_reading()
-        await transp._make_empty_waiter()
         try:
+            await transp._make_empty_waiter()
             return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
         finally:
             transp._reset_empty_waiter()
             if resume_reading:
                 transp.resume_reading()
+            if not transp.is_closing():
+                self._transports[fd] = transp
 
     def _start_serving(
         self,
