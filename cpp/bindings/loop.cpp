@@ -297,11 +297,11 @@ void register_loop(py::module_& m) {
             if (!h->cancelled) core(self).push_ready(h);
           },
           "Queue an existing handle, as asyncio's _add_callback.")
-      .def("_add_reader",
+      .def("_add_reader_with",
            [](py::handle self, int fd, py::handle callback, const py::tuple& args,
               py::handle context) { watch_fd(self, fd, Interest::kRead, callback, args, context); })
       .def(
-          "_add_writer",
+          "_add_writer_with",
           [](py::handle self, int fd, py::handle callback, const py::tuple& args,
              py::handle context) { watch_fd(self, fd, Interest::kWrite, callback, args, context); })
       .def("_remove_reader",

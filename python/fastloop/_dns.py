@@ -59,8 +59,8 @@ def _numeric_port(port):
     return None
 
 
-def _numeric_addrinfo(host, port, family, type, proto, flags):
-    """socket.getaddrinfo()'s answer when it needs no lookup, else None.
+def _build_addrinfo(host, port, family, type, proto, flags):
+    """glibc's getaddrinfo() answer when it needs no lookup, else None.
 
     Covers a numeric IPv4/IPv6 host (no zone index) with a numeric port, the
     common flags and the TCP/UDP socket types. The host comes back in
@@ -99,6 +99,33 @@ def _numeric_addrinfo(host, port, family, type, proto, flags):
         af = socket.AddressFamily(af)
         return [(af, kind, pro, "", address) for kind, pro in entries]
     return None
+
+
+def _libc_answers_alike():
+    """Whether _build_addrinfo() answers as this C library does (checked once).
+
+    It follows glibc (TCP, UDP, then raw entries); another C library may
+    answer numeric queries otherwise, and is then called instead.
+    """
+    queries = [("127.0.0.1", 80, 0, 0, 0, 0), ("127.0.0.1", None, 0, socket.SOCK_DGRAM, 0, 0)]
+    if _HAS_IPv6:
+        queries.append(("::1", "443", 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE))
+    try:
+        return all(repr(_build_addrinfo(*q)) == repr(socket.getaddrinfo(*q)) for q in queries)
+    except (OSError, ValueError):
+        return False
+
+
+_BUILD_ANSWERS = _libc_answers_alike()
+
+
+def _numeric_addrinfo(host, port, family, type, proto, flags):
+    """socket.getaddrinfo()'s answer when it needs no lookup, else None."""
+    infos = _build_addrinfo(host, port, family, type, proto, flags)
+    if infos is None or _BUILD_ANSWERS:
+        return infos
+    # Numeric, so no lookup: the C library answers at once.
+    return socket.getaddrinfo(host, port, family, type, proto, flags)
 
 
 def _ipaddr_info(host, port, family, type, proto, flowinfo=0, scopeid=0):

@@ -26,6 +26,7 @@ from asyncio import constants, coroutines, events, format_helpers, futures, task
 from . import _core
 from ._datagram import DatagramMethods
 from ._network import NetworkMethods
+from ._pipes import PipeMethods
 from ._sockets import SocketMethods
 
 # asyncio's own logger: logging set up for asyncio sees fastloop's reports.
@@ -149,7 +150,14 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.AbstractEventLoop):
+class Loop(
+    SocketMethods,
+    DatagramMethods,
+    NetworkMethods,
+    PipeMethods,
+    _core.Loop,
+    asyncio.AbstractEventLoop,
+):
     """An asyncio event loop running on fastloop's libuv core."""
 
     __module__ = "fastloop"
@@ -480,7 +488,7 @@ class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.A
         fileno = _fileobj_to_fd(fd)
         self._ensure_fd_no_transport(fileno)
         self._check_closed()
-        self._add_reader(fileno, callback, args, None)
+        self._add_reader_with(fileno, callback, args, None)
         self._watched_readers[fileno] = fd
 
     def remove_reader(self, fd):
@@ -495,7 +503,7 @@ class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.A
         fileno = _fileobj_to_fd(fd)
         self._ensure_fd_no_transport(fileno)
         self._check_closed()
-        self._add_writer(fileno, callback, args, None)
+        self._add_writer_with(fileno, callback, args, None)
         self._watched_writers[fileno] = fd
 
     def remove_writer(self, fd):
@@ -505,6 +513,16 @@ class Loop(SocketMethods, DatagramMethods, NetworkMethods, _core.Loop, asyncio.A
             return False
         self._watched_writers.pop(fileno, None)
         return self._remove_writer(fileno)
+
+    # asyncio's private fd-watching methods, which its pipe and subprocess
+    # transports call on their loop (unix_events._UnixReadPipeTransport...).
+    def _add_reader(self, fd, callback, *args):
+        self._check_closed()
+        self._add_reader_with(fd, callback, args, None)
+
+    def _add_writer(self, fd, callback, *args):
+        self._check_closed()
+        self._add_writer_with(fd, callback, args, None)
 
     @staticmethod
     def _watched_fd(fileobj, watched):

@@ -23,7 +23,7 @@ import os
 import socket
 from asyncio import constants, exceptions
 
-from ._dns import _HAS_IPv6, DnsMethods
+from ._dns import DnsMethods, _HAS_IPv6
 
 try:
     import ssl
