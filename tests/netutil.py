@@ -1,0 +1,300 @@
+"""Helpers for the networking tests (TCP, Unix sockets, servers, streams, TLS, HTTP).
+
+Everything here works the same on both loops: it only uses the public asyncio API
+through ``asyncio.get_running_loop()`` and plain blocking sockets for raw peers.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import subprocess
+
+HOST = "127.0.0.1"
+
+
+def run(loop, coro, timeout=10.0):
+    """Run ``coro`` on ``loop`` to completion, failing with TimeoutError after ``timeout``."""
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def pattern(size, seed=0):
+    """``size`` bytes that are not all alike (so a lost or reordered chunk changes the hash)."""
+    block = bytes((i * 7 + seed) % 251 for i in range(251 * 16))
+    reps, rest = divmod(size, len(block))
+    return block * reps + block[:rest]
+
+
+def addr_of(server):
+    """(host, port) of a TCP server's first socket."""
+    return server.sockets[0].getsockname()[:2]
+
+
+async def spin(n=5):
+    """Let the running loop go round ``n`` times."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def wait_for_cond(predicate, timeout=5.0, interval=0.005):
+    """Sleep in small steps until ``predicate()`` holds; AssertionError after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
+
+
+class Recorder(asyncio.Protocol):
+    """A protocol that records its callbacks.
+
+    ``events`` lists the callback names in order, consecutive ``data_received`` calls
+    folded into one "data" entry; ``data`` accumulates what was received; ``made``,
+    ``eof`` and ``lost`` are futures resolved by the first call of each callback
+    (``lost`` with the exception given to connection_lost). ``lost_calls`` counts
+    connection_lost calls with their argument. ``eof_result`` is what
+    ``eof_received`` returns.
+    """
+
+    def __init__(self, eof_result=None):
+        loop = asyncio.get_running_loop()
+        self.events = []
+        self.data = bytearray()
+        self.transport = None
+        self.made = loop.create_future()
+        self.eof = loop.create_future()
+        self.lost = loop.create_future()
+        self.lost_calls = []
+        self.pauses = []
+        self.resumes = []
+        self.eof_result = eof_result
+        self._waiters = []
+
+    def _event(self, name):
+        if name == "data" and self.events and self.events[-1] == "data":
+            return
+        self.events.append(name)
+
+    def _wake(self):
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._event("made")
+        if not self.made.done():
+            self.made.set_result(transport)
+
+    def data_received(self, data):
+        assert isinstance(data, bytes), type(data)
+        self._event("data")
+        self.data += data
+        self._wake()
+
+    def eof_received(self):
+        self._event("eof")
+        if not self.eof.done():
+            self.eof.set_result(None)
+        self._wake()
+        return self.eof_result
+
+    def pause_writing(self):
+        self._event("pause_writing")
+        self.pauses.append(self.transport.get_write_buffer_size())
+
+    def resume_writing(self):
+        self._event("resume_writing")
+        self.resumes.append(self.transport.get_write_buffer_size())
+
+    def connection_lost(self, exc):
+        self._event("lost")
+        self.lost_calls.append(exc)
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self._wake()
+
+    async def wait_bytes(self, n):
+        """Wait until at least ``n`` bytes arrived; AssertionError if the stream ends first."""
+        loop = asyncio.get_running_loop()
+        while len(self.data) < n:
+            if self.eof.done() or self.lost.done():
+                raise AssertionError(
+                    f"stream ended after {len(self.data)} of {n} bytes: {self.events}"
+                )
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            await fut
+        return bytes(self.data)
+
+
+class EchoServerProtocol(Recorder):
+    """Echoes what it receives, with flow control (reading pauses while writing is paused).
+
+    On EOF, ``eof_received`` returns None: the transport closes itself after flushing the
+    echoed data, so the peer reads everything and then EOF.
+    """
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.transport.write(data)
+
+    def pause_writing(self):
+        super().pause_writing()
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        super().resume_writing()
+        self.transport.resume_reading()
+
+
+class ProtocolServer:
+    """A server started with ``loop.create_server`` / ``create_unix_server`` that keeps
+    the protocols it makes, and on exit closes the server and every connection it
+    accepted (waiting for their connection_lost)."""
+
+    def __init__(self, proto_cls=EchoServerProtocol, **kwargs):
+        self.proto_cls = proto_cls
+        self.kwargs = kwargs
+        self.protocols = []
+        self.server = None
+
+    def factory(self):
+        p = self.proto_cls()
+        self.protocols.append(p)
+        return p
+
+    async def start_tcp(self, host=HOST, port=0):
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self.factory, host, port, **self.kwargs)
+        return self
+
+    async def start_unix(self, path=None):
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(self.factory, path, **self.kwargs)
+        return self
+
+    @property
+    def addr(self):
+        return self.server.sockets[0].getsockname()
+
+    async def accepted(self, n=1):
+        """Wait until ``n`` connections were accepted and made; return their protocols."""
+        await wait_for_cond(lambda: len(self.protocols) >= n)
+        await asyncio.gather(*(p.made for p in self.protocols[:n]))
+        return self.protocols[:n]
+
+    async def close(self):
+        self.server.close()
+        for p in self.protocols:
+            if p.transport is not None and not p.lost.done():
+                p.transport.abort()
+        await asyncio.wait_for(asyncio.gather(*(p.lost for p in self.protocols)), 5)
+        await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+
+async def tcp_echo_server(**kwargs):
+    return await ProtocolServer(**kwargs).start_tcp()
+
+
+async def close_transport(transport, protocol):
+    """Close a client transport and wait for its connection_lost."""
+    if not protocol.lost.done():
+        transport.close()
+    return await asyncio.wait_for(protocol.lost, 5)
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(factory, family=socket.AF_INET, **kwargs):
+    """Connect ``factory``'s protocol to a plain blocking socket the test controls.
+
+    Yields (transport, protocol, peer_socket). The peer socket has a 10 s timeout
+    so a thread blocked on it always ends. On exit the transport is aborted (if
+    still open) and the peer socket closed.
+    """
+    loop = asyncio.get_running_loop()
+    with socket.create_server((HOST, 0), family=family) as lsock:
+        tr, pr = await loop.create_connection(factory, *lsock.getsockname()[:2], **kwargs)
+        peer, _ = lsock.accept()
+    peer.settimeout(10)
+    try:
+        yield tr, pr, peer
+    finally:
+        if not pr.lost.done():
+            tr.abort()
+        await asyncio.wait_for(pr.lost, 5)
+        peer.close()
+
+
+def recv_exactly(sock, n):
+    """Blocking: read exactly ``n`` bytes from ``sock`` (less only at EOF)."""
+    chunks = []
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def recv_until_eof(sock):
+    """Blocking: read until EOF; a reset ends the read too. Returns (data, error)."""
+    chunks = []
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return b"".join(chunks), None
+            chunks.append(chunk)
+    except OSError as exc:
+        return b"".join(chunks), exc
+
+
+def make_self_signed_cert(directory, cn="localhost"):
+    """A self-signed certificate for ``cn``, 127.0.0.1 and ::1, made with the openssl CLI.
+
+    Returns (certfile, keyfile). An EC key keeps it fast.
+    """
+    certfile = os.path.join(directory, f"{cn}-cert.pem")
+    keyfile = os.path.join(directory, f"{cn}-key.pem")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={cn}",
+            "-addext",
+            f"subjectAltName=DNS:{cn},IP:127.0.0.1,IP:::1",
+            "-keyout",
+            keyfile,
+            "-out",
+            certfile,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return certfile, keyfile
