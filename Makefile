@@ -10,12 +10,15 @@ SRCS   := $(shell find cpp python -type f) CMakeLists.txt pyproject.toml
 
 all: build
 
-# System packages: libuv (headers and static archive) and pkg-config.
+# System packages: libuv (headers and static archive) and pkg-config; openssl
+# (the TLS tests make certificates) and iproute2's ss (a server backlog test).
 $(VENV)/.sysdeps:
-	@if ! pkg-config --exists libuv 2>/dev/null; then \
-	  echo "fastloop: installing libuv1-dev pkg-config with apt-get"; \
+	@if ! pkg-config --exists libuv 2>/dev/null || ! command -v openssl >/dev/null || \
+	    ! command -v ss >/dev/null; then \
+	  echo "fastloop: installing libuv1-dev pkg-config openssl iproute2 with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libuv1-dev pkg-config; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    libuv1-dev pkg-config openssl iproute2; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 sysdeps: $(VENV)/.sysdeps

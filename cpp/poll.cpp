@@ -57,7 +57,7 @@ bool FdWatchers::remove(int fd, Interest what) {
   if (old == nullptr) return false;
   slot = nullptr;
   if (w->reader == nullptr && w->writer == nullptr) {
-    retire(w);
+    uv_poll_stop(&w->poll);  // kept idle for the next add_* on this fd
   } else {
     restart(w);
   }
@@ -65,6 +65,13 @@ bool FdWatchers::remove(int fd, Interest what) {
   cancel_handle(old);
   Py_DECREF(old);
   return true;
+}
+
+void FdWatchers::evict_idle(int fd) {
+  auto it = by_fd_.find(fd);
+  if (it != by_fd_.end() && it->second->reader == nullptr && it->second->writer == nullptr) {
+    retire(it->second);
+  }
 }
 
 int FdWatchers::restart(Watcher* w) {

@@ -1,6 +1,13 @@
 // add_reader / add_writer: one uv_poll_t per watched fd, carrying the reader
 // and writer Handles. When the fd is ready, its handles join the ready queue,
 // as asyncio's selector loop does.
+//
+// A watcher left with neither handle is stopped but kept, idle, for the next
+// add_* on that fd (sock_recv & co. add and remove on every wait; a new
+// uv_poll_t costs five syscalls). libuv's stop and close always unregister
+// the fd *number* from epoll, so an idle watcher must go before that number
+// becomes another libuv handle: whatever opens a handle on an fd calls
+// evict_idle(fd) first.
 #pragma once
 
 #include <uv.h>
@@ -27,6 +34,8 @@ class FdWatchers {
   int add(int fd, Interest what, HandleObject* h);
   // Stops watching; cancels the handle. False when nothing was registered.
   bool remove(int fd, Interest what);
+  // Closes an idle watcher of `fd`, before a libuv handle is opened on it.
+  void evict_idle(int fd);
   bool empty() const noexcept { return by_fd_.empty(); }
 
   // Before each poll: libuv hands fd changes to epoll only then, and aborts if

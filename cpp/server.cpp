@@ -27,6 +27,7 @@ void StreamListener::adopt(PyObject* self) {
 }
 
 int StreamListener::open(int fd) {
+  loop_->fd_watchers().evict_idle(fd);
   return kind_ == StreamKind::kTcp ? uv_tcp_open(&handle_.tcp, fd)
                                    : uv_pipe_open(&handle_.pipe, fd);
 }
@@ -37,6 +38,7 @@ int StreamListener::listen(int backlog) {
 
 int StreamListener::accept(StreamTransport* transport) {
   const int err = uv_accept(stream(), transport->stream());
+  if (err == 0) loop_->fd_watchers().evict_idle(transport->fileno());
   if (err == 0 && kind_ == StreamKind::kTcp) {
     // asyncio sets TCP_NODELAY on every TCP transport (base_events._set_nodelay).
     uv_tcp_nodelay(reinterpret_cast<uv_tcp_t*>(transport->stream()), 1);

@@ -45,7 +45,7 @@ def test_handles_and_loops_balance_after_close():
 
 
 @needs_debug_build
-def test_fd_watchers_are_freed_by_remove_and_by_close():
+def test_fd_watchers_are_kept_idle_after_remove_and_freed_by_close():
     before = counters()
     loop = fastloop.new_event_loop()
     a, b = socket.socketpair()
@@ -55,9 +55,12 @@ def test_fd_watchers_are_freed_by_remove_and_by_close():
         assert counters()["fd_watchers"] == before["fd_watchers"] + 2
         assert loop.remove_reader(a)
         loop.stop()
-        loop.run_forever()  # the watcher is freed by its libuv close callback
-        assert counters()["fd_watchers"] == before["fd_watchers"] + 1
-        loop.close()  # closes the writer's watcher
+        loop.run_forever()
+        # Kept idle for the next add_reader on that fd: no new uv_poll_t then.
+        assert counters()["fd_watchers"] == before["fd_watchers"] + 2
+        loop.add_reader(a, print)
+        assert counters()["fd_watchers"] == before["fd_watchers"] + 2
+        loop.close()  # closes both, idle or not
     finally:
         a.close()
         b.close()

@@ -1,5 +1,6 @@
 """add_reader / add_writer / remove_reader / remove_writer on sockets and pipes."""
 
+import asyncio
 import contextvars
 import errno
 import os
@@ -589,3 +590,42 @@ def test_reader_runs_in_a_copy_of_the_context_at_registration(loop, sockpair):
         assert loop.remove_reader(a) is True
     finally:
         var.reset(token)
+
+
+@pytest.mark.timeout(20)
+def test_fd_number_reused_by_a_connection_after_watching(loop):
+    # Watch an fd, stop watching it, close it; the next connection usually
+    # gets the same fd number. That connection must work: fastloop keeps
+    # stopped watchers for reuse (and evicts one when a transport takes its
+    # fd number), so watching must leave nothing behind that a new
+    # connection on the same number would trip over.
+    async def main():
+        received = asyncio.Queue()
+
+        async def handle(reader, writer):
+            writer.write(await reader.readexactly(5))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        for _ in range(3):
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            loop.add_reader(a, received.put_nowait, "spurious")
+            loop.remove_reader(a)
+            freed = a.fileno()
+            a.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reused = writer.get_extra_info("socket").fileno() == freed
+            writer.write(b"hello")
+            assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+            writer.close()
+            await writer.wait_closed()
+            b.close()
+        server.close()
+        await server.wait_closed()
+        assert received.empty()
+        return reused
+
+    loop.run_until_complete(main())
