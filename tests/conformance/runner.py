@@ -33,9 +33,29 @@ MODULES = (
     "test_context",
     "test_runners",
     "test_threads",
+    # networking (issue 3)
+    "test_events",
+    "test_streams",
+    "test_sock_lowlevel",
+    "test_sendfile",
+    "test_server",
+    "test_buffered_proto",
+    "test_protocols",
+    "test_ssl",
+    "test_transports",
+    # processes (issue 4)
+    "test_subprocess",
 )
 # Slowest first, so the two workers finish together (seconds on asyncio).
-_COST = {"test_tasks": 20, "test_waitfor": 8, "test_locks": 6, "test_futures": 4}
+_COST = {
+    "test_tasks": 20,
+    "test_subprocess": 15,
+    "test_ssl": 13,
+    "test_waitfor": 8,
+    "test_locks": 6,
+    "test_events": 4,
+    "test_futures": 4,
+}
 OUTCOMES = ("pass", "fail", "error", "skip", "hang", "crash")
 
 
