@@ -60,9 +60,51 @@ PyObject* transport_write(PyObject* self, PyObject* const* args, Py_ssize_t narg
   Py_RETURN_NONE;
 }
 
+StreamTransport* checked(PyObject* self) {
+  auto* t = cpp_of<StreamTransport>(self);
+  if (t == nullptr) PyErr_SetString(PyExc_TypeError, "StreamTransport.__init__() was not called");
+  return t;
+}
+
+// The methods protocols and asyncio's streams and sslproto call per message.
+PyObject* transport_is_closing(PyObject* self, PyObject* /*unused*/) {
+  StreamTransport* t = checked(self);
+  return t == nullptr ? nullptr : PyBool_FromLong(t->is_closing());
+}
+
+PyObject* transport_is_reading(PyObject* self, PyObject* /*unused*/) {
+  StreamTransport* t = checked(self);
+  return t == nullptr ? nullptr : PyBool_FromLong(t->is_reading());
+}
+
+PyObject* transport_get_write_buffer_size(PyObject* self, PyObject* /*unused*/) {
+  StreamTransport* t = checked(self);
+  return t == nullptr ? nullptr : PyLong_FromSize_t(t->write_buffer_size());
+}
+
+PyObject* transport_pause_reading(PyObject* self, PyObject* /*unused*/) {
+  StreamTransport* t = checked(self);
+  if (t == nullptr) return nullptr;
+  t->pause_reading();
+  Py_RETURN_NONE;
+}
+
+PyObject* transport_resume_reading(PyObject* self, PyObject* /*unused*/) {
+  StreamTransport* t = checked(self);
+  if (t == nullptr) return nullptr;
+  t->resume_reading();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef kTransportFastMethods[] = {
     {"write", as_cfunction(transport_write), METH_FASTCALL | METH_KEYWORDS,
      "write(data): send bytes-like data, buffering what cannot go out at once."},
+    {"is_closing", transport_is_closing, METH_NOARGS, "True once close() or abort() was called."},
+    {"is_reading", transport_is_reading, METH_NOARGS, "True while reading is not paused."},
+    {"get_write_buffer_size", transport_get_write_buffer_size, METH_NOARGS,
+     "Bytes written but not yet handed to the kernel."},
+    {"pause_reading", transport_pause_reading, METH_NOARGS, "Stop calling data_received."},
+    {"resume_reading", transport_resume_reading, METH_NOARGS, "Call data_received again."},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -89,10 +131,6 @@ void register_stream(py::module_& m) {
            [](py::handle self, py::handle exc) {
              transport(self).force_close(exc.is_none() ? nullptr : exc.ptr());
            })
-      .def("is_closing", [](py::handle self) { return transport(self).is_closing(); })
-      .def("is_reading", [](py::handle self) { return transport(self).is_reading(); })
-      .def("pause_reading", [](py::handle self) { transport(self).pause_reading(); })
-      .def("resume_reading", [](py::handle self) { transport(self).resume_reading(); })
       .def("set_protocol",
            [](py::handle self, py::handle protocol) {
              check(transport(self).set_protocol(protocol.ptr()));
@@ -102,8 +140,6 @@ void register_stream(py::module_& m) {
              PyObject* p = transport(self).protocol();
              return p != nullptr ? py::reinterpret_borrow<py::object>(p) : py::none();
            })
-      .def("get_write_buffer_size",
-           [](py::handle self) { return transport(self).write_buffer_size(); })
       .def("get_write_buffer_limits",
            [](py::handle self) {
              StreamTransport& tr = transport(self);
