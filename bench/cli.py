@@ -18,7 +18,8 @@ def _names(value: str) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Micro-benchmarks of asyncio event loops, side by side.",
+        description="Benchmarks of asyncio event loops, side by side: micro-benchmarks "
+        "and echo servers under a C load generator.",
     )
     parser.add_argument(
         "--loops",
@@ -31,15 +32,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=_names,
         default=None,
-        help="comma-separated benchmark or group names (default: all; see --list)",
+        help="comma-separated benchmark names, group names (micro, echo) or globs "
+        "('echo_*_tcp'); default: all; see --list",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small work sizes and 1 repeat: a smoke run of a few seconds, not a measurement",
+        help="small work sizes, 1 repeat, echo rows at one size only: "
+        "a smoke run (< 30 s), not a measurement",
     )
     parser.add_argument(
-        "--repeat", type=int, default=None, help="samples per cell (default 5, 1 with --quick)"
+        "--repeat",
+        type=int,
+        default=None,
+        help="samples per cell (default: 5 micro, 3 echo; 1 with --quick)",
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds one sample may take (default 120)"
@@ -58,12 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown loop(s): {', '.join(unknown)}; known: {', '.join(loops.LOOPS)}")
     args.loops = list(dict.fromkeys(args.loops))
     try:
-        args.benchmarks = registry.select(args.only)
+        args.benchmarks = registry.select(args.only, quick=args.quick)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 5
-    if args.repeat < 1:
+    if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for b in args.benchmarks:
-            print(f"{b.name:<22} {b.group:<6} n={b.n:<8,} {b.doc}")
+            print(f"{b.name:<24} {b.group:<6} {b.size_text(args.quick):<18} {b.doc}")
         return 0
 
     def log(message: str) -> None:

@@ -7,11 +7,13 @@ behind cannot disturb the others.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import importlib.metadata
 import platform
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio is imported where a loop is made (saves start-up time elsewhere)
+    import asyncio
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,10 @@ def version(name: str) -> str:
     module = importlib.import_module(spec.module)
     found = getattr(module, "__version__", None)
     if found is None:
+        from importlib import metadata
+
         try:
-            found = importlib.metadata.version(spec.module)
-        except importlib.metadata.PackageNotFoundError:
+            found = metadata.version(spec.module)
+        except metadata.PackageNotFoundError:
             found = "unknown version"
     return str(found)

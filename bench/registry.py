@@ -9,18 +9,30 @@ To add a row, write the function (it returns a ``Measurement``; it raises
 ``Skip`` when it cannot run here, e.g. a helper binary is not built) and append a
 ``Benchmark`` to ``BENCHMARKS``. Nothing else changes: the runner, the table, the
 JSON/Markdown and the plot are driven by this list.
+
+Two kinds of rows:
+
+- in-process (group ``micro``): ``func(loop, n, **params)`` runs on a loop the
+  worker made, once at a tenth of ``n`` as a warm-up, then timed; ``n`` counts ops.
+- drivers (group ``echo``): ``func(loop_name, n, **params)`` starts the loop under
+  test in a process of its own (an echo server) and loads it from outside; the
+  worker makes no loop. ``n`` is the timed span in milliseconds; the driver does
+  its own warm-up. A row with ``runs_on`` runs on those pseudo-loops instead of the
+  selected loops: the plain-C libuv echo server, the ceiling (``CEILING``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 
 class Measurement(NamedTuple):
     ops: int  # operations done in the timed span
     seconds: float  # length of the timed span
+    extra: Mapping[str, object] | None = None  # e.g. latency percentiles; kept in bench.json
 
 
 class Skip(Exception):
@@ -45,24 +57,42 @@ class Target:
 GLOBAL_TARGETS: tuple[Target, ...] = (Target("uvloop", 1.0),)
 
 
+# The pseudo-loop of the ceiling rows: a plain-C libuv echo server, no Python.
+CEILING = "libuv-C"
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    group: str  # "micro"; later "net", "proc"
+    group: str  # "micro", "echo"; later "proc"
     func: str  # "module:function", imported in the worker only
-    n: int  # work size of a full run
+    n: int  # work size of a full run (for a driver: the timed span in ms)
     unit: str  # what one operation is, for the README and the Markdown
     doc: str  # one line: what the row measures
     params: Mapping[str, object] = field(default_factory=dict)
     targets: tuple[Target, ...] = ()  # in addition to GLOBAL_TARGETS
     quick_n: int | None = None  # work size under --quick (default n // 20)
+    driver: bool = False  # func(loop_name, n, **params) runs the loop in its own process
+    runs_on: tuple[str, ...] | None = None  # pseudo-loops instead of the selected loops
+    ceiling: str | None = None  # the ceiling row to compare this row with
+    in_quick: bool = True  # part of --quick (unless named explicitly in --only)
+    repeat: int = 5  # samples per cell unless --repeat says otherwise
+    tools: tuple[str, ...] = ()  # C helpers (bench/loadgen/) built before the run
 
     def size(self, quick: bool) -> int:
         if not quick:
             return self.n
         return self.quick_n if self.quick_n is not None else max(2, self.n // 20)
 
+    def size_text(self, quick: bool = False) -> str:
+        n = self.size(quick)
+        if self.driver:
+            return f"{n / 1000:g} s timed"
+        return f"{n:,} {self.unit}s"
+
     def all_targets(self) -> tuple[Target, ...]:
+        if self.runs_on:
+            return ()
         return GLOBAL_TARGETS + self.targets
 
 
@@ -144,31 +174,104 @@ BENCHMARKS: list[Benchmark] = [
         unit="callback",
         doc="another thread calls call_soon_threadsafe; timed from its first call to the last run",
     ),
-    # Networking plugs in here (group "net"): an echo server on the loop under
-    # test, driven by the C load generator in bench/loadgen/ (built into
-    # bench/loadgen/bin/, gitignored), over TCP and Unix sockets with 1, 10 and
-    # 100 KiB messages: one Benchmark per (transport, size), e.g.
-    #   Benchmark("echo_tcp_1k", "net", "bench.net:echo", n=..., unit="message",
-    #             doc=..., params={"transport": "tcp", "size": 1024})
-    # where bench.net:echo raises Skip("load generator not built") if needed.
-    #
-    # Subprocesses plug in here too (group "proc"): spawn rate and pipe
-    # throughput, e.g. Benchmark("subprocess_spawn", "proc", "bench.proc:spawn", ...).
+    # Subprocesses plug in here (group "proc"): spawn rate and pipe throughput,
+    # e.g. Benchmark("subprocess_spawn", "proc", "bench.proc:spawn", ...).
 ]
+
+# Echo throughput (group "echo"): a server in one of four styles on the loop
+# under test (bench/echo_server.py), loaded by the C load generator
+# (bench/loadgen/loadgen.c) over TCP and Unix sockets; before each block of four,
+# the plain-C libuv echo server (bench/loadgen/uv_echo.c) as the ceiling.
+ECHO_STYLES: dict[str, str] = {
+    "protocol": "asyncio.Protocol: data_received -> transport.write",
+    "buffered": "asyncio.BufferedProtocol: get_buffer/buffer_updated -> transport.write",
+    "streams": "start_server streams: reader.read(65536) -> writer.write + drain",
+    "sockets": "sock_accept + per-connection task: sock_recv(65536) -> sock_sendall",
+}
+ECHO_SIZES: dict[str, int] = {"1k": 1024, "10k": 10240, "100k": 102400}
+ECHO_TRANSPORTS: tuple[str, ...] = ("tcp", "unix")
+ECHO_QUICK_SIZE = "100k"  # --quick runs one size (the one with partial reads/writes)
+ECHO_CONNECTIONS = 10  # why 10: bench/README.md
+ECHO_MS = 1000  # timed span of one sample (after a warm-up of a quarter of it, 0.25 s at most)
+ECHO_QUICK_MS = 150
+ECHO_REPEAT = 3
+AT_LEAST_ASYNCIO = Target("asyncio", 1.0)
+
+for _transport in ECHO_TRANSPORTS:
+    for _label, _size in ECHO_SIZES.items():
+        _params = {"transport": _transport, "size": _size, "connections": ECHO_CONNECTIONS}
+        _ceiling = f"echo_ceiling_{_label}_{_transport}"
+        _common = dict(
+            n=ECHO_MS,
+            quick_n=ECHO_QUICK_MS,
+            unit="request",
+            driver=True,
+            repeat=ECHO_REPEAT,
+        )
+        BENCHMARKS.append(
+            Benchmark(
+                _ceiling,
+                "echo",
+                "bench.echo:ceiling",
+                doc=f"the ceiling: plain-C libuv echo server, {_transport}, {_size} B messages",
+                params=_params,
+                runs_on=(CEILING,),
+                tools=("loadgen", "uv_echo"),
+                in_quick=False,  # not a loop: nothing to smoke-test
+                **_common,
+            )
+        )
+        for _style, _what in ECHO_STYLES.items():
+            BENCHMARKS.append(
+                Benchmark(
+                    f"echo_{_style}_{_label}_{_transport}",
+                    "echo",
+                    "bench.echo:echo",
+                    doc=f"{_what}; {_transport}, {_size} B messages",
+                    params={"style": _style, **_params},
+                    targets=(AT_LEAST_ASYNCIO,),
+                    ceiling=_ceiling,
+                    tools=("loadgen",),
+                    in_quick=_label == ECHO_QUICK_SIZE,
+                    **_common,
+                )
+            )
+
+# Read by people, not asserted: issue 3's acceptance criterion, summed up under
+# the echo table (each row's own pass/FAIL is in its targets column).
+ACCEPTANCE = (
+    "issue 3: fastloop >= the best of asyncio and uvloop on every TCP echo row",
+    lambda b: b.group == "echo" and not b.runs_on and b.params.get("transport") == "tcp",
+)
+
+GROUP_TITLES: dict[str, str] = {
+    "micro": "micro-benchmarks (ops/s)",
+    "echo": f"echo servers (requests/s; {ECHO_CONNECTIONS} connections, request/response)",
+}
 
 BY_NAME: dict[str, Benchmark] = {b.name: b for b in BENCHMARKS}
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(b.group for b in BENCHMARKS))
 
 
-def select(names: list[str] | None) -> list[Benchmark]:
-    """Benchmarks by name or group name, in registry order; None means all."""
+def select(names: list[str] | None, quick: bool = False) -> list[Benchmark]:
+    """Benchmarks by name, group name or glob (echo_*_tcp), in registry order.
+
+    None means all groups. Under --quick, a group brings only its ``in_quick``
+    rows; names and globs bring what they match.
+    """
     if not names:
-        return list(BENCHMARKS)
-    unknown = [n for n in names if n not in BY_NAME and n not in GROUPS]
+        names = list(GROUPS)
+    groups = {p for p in names if p in GROUPS}
+    patterns = [p for p in names if p not in GROUPS]
+    unknown = [p for p in patterns if not any(fnmatchcase(b.name, p) for b in BENCHMARKS)]
     if unknown:
         raise ValueError(
-            f"unknown benchmark(s): {', '.join(unknown)}; "
-            f"known: {', '.join(BY_NAME)} (or a group: {', '.join(GROUPS)})"
+            f"unknown benchmark(s): {', '.join(unknown)}; see --list "
+            f"(a name, a group: {', '.join(GROUPS)}, or a glob such as 'echo_*_tcp')"
         )
-    wanted = set(names)
-    return [b for b in BENCHMARKS if b.name in wanted or b.group in wanted]
+    return [
+        b
+        for b in BENCHMARKS
+        if any(fnmatchcase(b.name, p) for p in patterns)
+        or (b.group in groups and (b.in_quick or not quick))
+    ]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from bench import loops
-from bench.registry import BENCHMARKS, GLOBAL_TARGETS, Benchmark, Target
+from bench.registry import ACCEPTANCE, GLOBAL_TARGETS, GROUP_TITLES, Benchmark, Target
 from bench.runner import STATISTIC, Run
 
 SUBJECT = loops.SUBJECT
@@ -34,6 +34,8 @@ def check(run: Run, bench: Benchmark, target: Target) -> bool | None:
 
 def verdict(run: Run, bench: Benchmark) -> str:
     results = [(t, check(run, bench, t)) for t in bench.all_targets()]
+    if not results:
+        return "-"
     failed = [t.label for t, ok in results if ok is False]
     unknown = [t.label for t, ok in results if ok is None]
     if failed:
@@ -45,14 +47,51 @@ def verdict(run: Run, bench: Benchmark) -> str:
     return "pass"
 
 
-def targets_text() -> str:
+def targets_text(run: Run) -> str:
     lines = [f"fastloop {t.label} on every row" for t in GLOBAL_TARGETS]
-    extra: dict[str, list[str]] = {}
-    for b in BENCHMARKS:
+    extra: dict[str, list[Benchmark]] = {}
+    for b in run.benchmarks:
         for t in b.targets:
-            extra.setdefault(t.label, []).append(b.name)
-    lines += [f"fastloop {label} on {', '.join(names)}" for label, names in extra.items()]
+            extra.setdefault(t.label, []).append(b)
+    for label, benches in extra.items():
+        where = []
+        for group in dict.fromkeys(b.group for b in benches):
+            rows = [b for b in run.benchmarks if b.group == group and b.all_targets()]
+            if all(b in benches for b in rows) and len(rows) > 1:
+                where.append(f"every {group} row")
+            else:
+                where += [b.name for b in benches if b.group == group]
+        lines.append(f"fastloop {label} on {', '.join(where)}")
     return "; ".join(lines)
+
+
+def acceptance(run: Run) -> str | None:
+    """The one-line summary of ACCEPTANCE over the rows it covers (None if none ran)."""
+    title, covers = ACCEPTANCE
+    rows = [b for b in run.benchmarks if covers(b)]
+    if not rows:
+        return None
+    verdicts = [verdict(run, b) for b in rows]
+    passed = sum(v == "pass" for v in verdicts)
+    failed = [b.name for b, v in zip(rows, verdicts, strict=True) if v.startswith("FAIL")]
+    unknown = len(rows) - passed - len(failed)
+    text = f"{title}: {passed}/{len(rows)} pass"
+    if failed:
+        text += f", FAIL on {', '.join(failed)}"
+    if unknown:
+        text += f", {unknown} n/a"
+    return text
+
+
+def _repeat_text(run: Run) -> str:
+    m = run.meta
+    if m.get("repeat") is not None:
+        return f"{m['repeat']} repeat(s)"
+    per_group: dict[str, set[int]] = {}
+    for b in run.benchmarks:
+        per_group.setdefault(b.group, set()).add(m["repeats"][b.name])
+    parts = [f"{'/'.join(map(str, sorted(r)))} ({g})" for g, r in per_group.items()]
+    return "repeats: " + ", ".join(parts)
 
 
 def header_lines(run: Run) -> list[str]:
@@ -69,75 +108,156 @@ def header_lines(run: Run) -> list[str]:
         else:
             lines.append(f"  {info.name:<9} n/a: {info.reason}")
     lines.append(
-        f"method: {m['repeat']} repeat(s), a fresh process per sample, loops interleaved; "
+        f"method: {_repeat_text(run)}, a fresh process per sample, loops interleaved; "
         f"cell = {STATISTIC} ops/s of the repeats" + ("; QUICK (small sizes)" if m["quick"] else "")
     )
     return lines
 
 
-def _rows(run: Run) -> tuple[list[str], list[list[str]]]:
-    names = [i.name for i in run.loops]
-    head = ["benchmark", *(f"{n} ops/s" for n in names)]
-    head += [f"{SUBJECT}/{b}" for b in BASELINES] + ["targets"]
-    rows = []
+def _groups(run: Run) -> list[tuple[str, list[Benchmark]]]:
+    groups: dict[str, list[Benchmark]] = {}
     for b in run.benchmarks:
-        row = [b.name, *(rate(run.value(b.name, n)) for n in names)]
-        row += [times(run.ratio(b.name, SUBJECT, base)) for base in BASELINES]
+        groups.setdefault(b.group, []).append(b)
+    return list(groups.items())
+
+
+def _columns(run: Run, benches: list[Benchmark]) -> list[str]:
+    """The loops of a table: the run's loops, then any pseudo-loop its rows run on."""
+    names = [i.name for i in run.loops]
+    for b in benches:
+        names += [n for n in b.runs_on or () if n not in names]
+    return names
+
+
+def _ceiling_value(run: Run, b: Benchmark) -> float | None:
+    """The req/s of the ceiling row `b` is compared with, if it ran."""
+    ceil = next((c for c in run.benchmarks if c.name == b.ceiling), None)
+    if ceil is None or not ceil.runs_on:
+        return None
+    return run.value(ceil.name, ceil.runs_on[0])
+
+
+def _ceiling_ratio(run: Run, b: Benchmark) -> float | None:
+    a, c = run.value(b.name, SUBJECT), _ceiling_value(run, b)
+    return None if a is None or not c else a / c
+
+
+def _has_ceiling(run: Run, benches: list[Benchmark]) -> bool:
+    names = {c.name for c in run.benchmarks}
+    return any(b.ceiling in names for b in benches)
+
+
+def _rows(run: Run, benches: list[Benchmark]) -> tuple[list[str], list[list[str]]]:
+    names = _columns(run, benches)
+    unit = "req/s" if any(b.driver for b in benches) else "ops/s"
+    ceiling = _has_ceiling(run, benches)
+    pseudo = [n for n in names if n not in {i.name for i in run.loops}]
+    head = ["benchmark", *(f"{n} {unit}" for n in names)]
+    head += [f"{SUBJECT}/{b}" for b in BASELINES]
+    head += [f"{SUBJECT}/{p}" for p in pseudo[:1] if ceiling] + ["targets"]
+    rows = []
+    for b in benches:
+        row = [b.name]
+        for n in names:
+            row.append(rate(run.value(b.name, n)) if run.cell(b.name, n) else "-")
+        if b.runs_on:
+            row += ["-"] * (len(BASELINES) + (1 if ceiling and pseudo else 0))
+        else:
+            row += [times(run.ratio(b.name, SUBJECT, base)) for base in BASELINES]
+            if ceiling and pseudo:
+                row.append(times(_ceiling_ratio(run, b)))
         row.append(verdict(run, b))
         rows.append(row)
     return head, rows
 
 
 def _problems(run: Run) -> list[str]:
-    out = []
+    out = [f"build: {why}" for why in run.meta.get("build_failures", {}).values()]
+    available = {i.name for i in run.loops if i.available}
     for b in run.benchmarks:
-        for info in run.loops:
-            cell = run.cell(b.name, info.name)
-            if info.available and cell.problem:
+        for (bench, loop), cell in run.cells.items():
+            if bench != b.name or not cell.problem:
+                continue
+            if loop in available or b.runs_on:
                 kind = "failed" if cell.error else "skipped"
-                out.append(f"{b.name} on {info.name} {kind}: {cell.problem}")
+                out.append(f"{b.name} on {loop} {kind}: {cell.problem}")
     return out
 
 
+def _title(group: str) -> str:
+    return GROUP_TITLES.get(group, group)
+
+
 def text(run: Run) -> str:
-    head, rows = _rows(run)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    out = header_lines(run)
+    for group, benches in _groups(run):
+        head, rows = _rows(run, benches)
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        middle = [c.rjust(w) for c, w in zip(cells[1:-1], widths[1:-1], strict=True)]
-        return "  ".join([first, *middle, cells[-1]])
+        def line(cells: list[str], widths: list[int] = widths) -> str:
+            first = cells[0].ljust(widths[0])
+            middle = [c.rjust(w) for c, w in zip(cells[1:-1], widths[1:-1], strict=True)]
+            return "  ".join([first, *middle, cells[-1]])
 
-    out = header_lines(run) + ["", line(head), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in rows]
-    out += ["", f"targets (read by people, not asserted): {targets_text()}"]
+        out += ["", f"== {_title(group)}", line(head), "  ".join("-" * w for w in widths)]
+        out += [line(r) for r in rows]
+    out += ["", f"targets (read by people, not asserted): {targets_text(run)}"]
+    summary = acceptance(run)
+    if summary:
+        out.append(f"acceptance: {summary}")
     out += [f"note: {p}" for p in _problems(run)]
     return "\n".join(out)
 
 
-def markdown(run: Run) -> str:
-    head, rows = _rows(run)
-    names = [i.name for i in run.loops]
+def _latency(extra: dict | None) -> str:
+    if not extra or "latency_p50_us" not in extra:
+        return "-"
+    return f"{extra['latency_p50_us']:.0f} / {extra['latency_p99_us']:.0f}"
 
+
+def markdown(run: Run) -> str:
     def table(h: list[str], rs: list[list[str]]) -> list[str]:
         out = ["| " + " | ".join(h) + " |", "|" + "|".join("---" for _ in h) + "|"]
         return out + ["| " + " | ".join(r) + " |" for r in rs]
 
     out = ["# fastloop benchmarks", "", "```", *header_lines(run), "```", ""]
-    out += table(head, rows)
-    out += ["", f"Targets (read by people, not asserted): {targets_text()}.", ""]
-    out += ["## Median ops/s of the repeats (spread: (max - min) / median)", ""]
-    spread_rows = []
-    for b in run.benchmarks:
-        row = [b.name]
-        for n in names:
-            c = run.cell(b.name, n)
-            s = "" if c.spread is None else f" ({c.spread * 100:.0f}%)"
-            row.append(rate(c.median) + s)
-        spread_rows.append(row)
-    out += table(["benchmark", *names], spread_rows)
-    out += ["", "## What each row measures", ""]
-    out += [f"- **{b.name}** ({b.n:,} {b.unit}s): {b.doc}" for b in run.benchmarks]
+    for group, benches in _groups(run):
+        head, rows = _rows(run, benches)
+        out += [f"## {_title(group)}", ""] + table(head, rows) + [""]
+    out += [f"Targets (read by people, not asserted): {targets_text(run)}."]
+    summary = acceptance(run)
+    if summary:
+        out += ["", f"Acceptance: {summary}."]
+    out += ["", "## Median ops/s of the repeats (spread: (max - min) / median)", ""]
+    for _group, benches in _groups(run):
+        names = _columns(run, benches)
+        spread_rows = []
+        for b in benches:
+            row = [b.name]
+            for n in names:
+                c = run.cell(b.name, n)
+                if c is None:
+                    row.append("-")
+                    continue
+                s = "" if c.spread is None else f" ({c.spread * 100:.0f}%)"
+                row.append(rate(c.median) + s)
+            spread_rows.append(row)
+        out += table(["benchmark", *names], spread_rows) + [""]
+    for _group, benches in _groups(run):
+        if not any(b.driver for b in benches):
+            continue
+        names = _columns(run, benches)
+        out += ["## Latency p50 / p99 (µs) of the best sample", ""]
+        lat_rows = []
+        for b in benches:
+            row = [b.name]
+            for n in names:
+                c = run.cell(b.name, n)
+                row.append(_latency(c.best_extra) if c else "-")
+            lat_rows.append(row)
+        out += table(["benchmark", *names], lat_rows) + [""]
+    out += ["## What each row measures", ""]
+    out += [f"- **{b.name}** ({b.size_text(run.meta['quick'])}): {b.doc}" for b in run.benchmarks]
     problems = _problems(run)
     if problems:
         out += ["", "## Notes", ""] + [f"- {p}" for p in problems]
@@ -148,9 +268,11 @@ def as_json(run: Run) -> dict:
     benches = []
     for b in run.benchmarks:
         per_loop = {}
-        for info in run.loops:
-            c = run.cell(b.name, info.name)
-            per_loop[info.name] = {
+        for name in _columns(run, [b]):
+            c = run.cell(b.name, name)
+            if c is None:
+                continue
+            per_loop[name] = {
                 "best": c.best,
                 "median": c.median,
                 "spread": c.spread,
@@ -158,17 +280,25 @@ def as_json(run: Run) -> dict:
                 "error": c.error,
                 "skip": c.skip,
             }
+            if any(c.extras):
+                per_loop[name]["extras"] = c.extras
+        ratios = {}
+        if not b.runs_on:
+            ratios = {f"{SUBJECT}/{base}": run.ratio(b.name, SUBJECT, base) for base in BASELINES}
+            if b.ceiling:
+                ratios[f"{SUBJECT}/ceiling"] = _ceiling_ratio(run, b)
         benches.append(
             {
                 "name": b.name,
                 "group": b.group,
                 "n": b.size(run.meta["quick"]),
+                "size": b.size_text(run.meta["quick"]),
                 "unit": b.unit,
                 "doc": b.doc,
+                "params": dict(b.params),
+                "ceiling": b.ceiling,
                 "ops_per_s": per_loop,
-                "ratios": {
-                    f"{SUBJECT}/{base}": run.ratio(b.name, SUBJECT, base) for base in BASELINES
-                },
+                "ratios": ratios,
                 "targets": {t.label: check(run, b, t) for t in b.all_targets()},
             }
         )
@@ -179,8 +309,25 @@ def as_json(run: Run) -> dict:
     }
 
 
+def _panels(run: Run) -> list[tuple[str, list[Benchmark]]]:
+    """The plot's subplots: one per group; the echo rows split by transport."""
+    panels: dict[str, list[Benchmark]] = {}
+    for b in run.benchmarks:
+        if b.runs_on:
+            continue  # a ceiling is drawn as a mark over the rows it bounds
+        key = b.group
+        if "transport" in b.params:
+            key = f"{b.group}, {b.params['transport']}"
+        panels.setdefault(key, []).append(b)
+    return list(panels.items())
+
+
 def plot(run: Run, path: Path) -> Path:
-    """Grouped bars: each loop's ops/s as a multiple of asyncio's, per benchmark."""
+    """Grouped bars: each loop's ops/s as a multiple of asyncio's, per benchmark.
+
+    One subplot per group (micro; echo over TCP; echo over Unix sockets). On the
+    echo subplots a black dash marks the libuv-C ceiling (its req/s over asyncio's).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,49 +337,74 @@ def plot(run: Run, path: Path) -> Path:
     if "asyncio" not in [i.name for i in run.loops]:
         raise RuntimeError("asyncio is not among the loops run, so there is nothing to divide by")
     others = [i.name for i in run.loops if i.name != "asyncio" and i.available]
-    benches = run.benchmarks
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(benches) + 3), 5.0))
+    panels = _panels(run)
+    if not panels:
+        raise RuntimeError("no rows to plot")
+    widest = max(len(benches) for _, benches in panels)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(max(8.0, 0.75 * widest + 4), 4.8 * len(panels)),
+        squeeze=False,
+    )
     width = 0.8 / max(1, len(others))
     colors = {"uvloop": "#4c72b0", "rloop": "#dd8452", "zuvloop": "#8172b3", SUBJECT: "#55a868"}
-    ratios_seen = [1.0]
-    for k, name in enumerate(others):
-        for x, b in enumerate(benches):
-            r = run.ratio(b.name, name, "asyncio")
-            pos = x - 0.4 + width * (k + 0.5)
-            if r is None:
-                ax.text(pos, 1.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
-                continue
-            ratios_seen.append(r)
-            ax.bar(pos, r, width, color=colors.get(name, f"C{k}"), label=name if x == 0 else None)
-            ax.text(pos, r, f"{r:.2g}", ha="center", va="bottom", fontsize=7)
-        if not any(run.ratio(b.name, name, "asyncio") for b in benches):
-            ax.bar([], [], color=colors.get(name, f"C{k}"), label=f"{name} (n/a)")
-    for x, b in enumerate(benches):
-        for t in b.targets:
-            if t.baseline == "asyncio":
-                ax.hlines(t.factor, x - 0.45, x + 0.45, colors="red", linestyles="dashed")
-                ratios_seen.append(t.factor)
-    for info in run.loops:
-        if not info.available:
-            ax.plot([], [], " ", label=f"{info.name}: n/a")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    top, bottom = max(ratios_seen) * 1.6, min(ratios_seen) / 1.4
-    ax.set_ylim(bottom, top)
-    ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if bottom <= t <= top]
-    ax.yaxis.set_major_locator(FixedLocator(ticks))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.set_xticks(range(len(benches)), [b.name for b in benches], rotation=30, ha="right")
-    ax.set_ylabel("ops/s relative to asyncio (log scale)")
     m = run.meta
-    ax.set_title(
-        f"Speed vs asyncio ({STATISTIC} of {m['repeat']}; red dashes: 2x target)\n"
-        f"Python {m['python']}, {m['cpu_count']} CPUs, {m['date']}",
-        fontsize=10,
+    for (title, benches), ax in zip(panels, axes[:, 0], strict=True):
+        ratios_seen = [1.0]
+        for k, name in enumerate(others):
+            label = name
+            for x, b in enumerate(benches):
+                r = run.ratio(b.name, name, "asyncio")
+                pos = x - 0.4 + width * (k + 0.5)
+                if r is None:
+                    ax.text(pos, 1.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                    continue
+                ratios_seen.append(r)
+                ax.bar(pos, r, width, color=colors.get(name, f"C{k}"), label=label)
+                label = None  # one legend entry per loop
+                ax.text(pos, r, f"{r:.2g}", ha="center", va="bottom", fontsize=7)
+            if label is not None:
+                ax.bar([], [], color=colors.get(name, f"C{k}"), label=f"{name} (n/a)")
+        ceiling_label = "libuv-C ceiling"
+        for x, b in enumerate(benches):
+            for t in b.targets:
+                if t.baseline == "asyncio" and t.factor != 1:
+                    ax.hlines(t.factor, x - 0.45, x + 0.45, colors="red", linestyles="dashed")
+                    ratios_seen.append(t.factor)
+            c, base = _ceiling_value(run, b), run.value(b.name, "asyncio")
+            if c and base:
+                ax.hlines(
+                    c / base, x - 0.45, x + 0.45, colors="black", linewidth=2.0, label=ceiling_label
+                )
+                ceiling_label = None
+                ratios_seen.append(c / base)
+        for info in run.loops:
+            if not info.available:
+                ax.plot([], [], " ", label=f"{info.name}: n/a")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        top, bottom = max(ratios_seen) * 1.6, min(ratios_seen) / 1.4
+        ax.set_ylim(bottom, top)
+        ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if bottom <= t <= top]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.set_xlim(-0.6, len(benches) - 0.4)
+        ax.set_xticks(range(len(benches)), [b.name for b in benches], rotation=30, ha="right")
+        ax.set_ylabel("ops/s relative to asyncio (log)")
+        ax.set_title(
+            _title(title.split(",")[0]) + (f", {title.split(', ')[1]}" if "," in title else ""),
+            fontsize=10,
+        )
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"Speed vs asyncio ({STATISTIC} of the repeats; red dashes: 2x target)\n"
+        f"Python {m['python']}, {m['cpu_count']} CPUs, {m['date']}"
+        + (" (QUICK: not a measurement)" if m["quick"] else ""),
+        fontsize=11,
     )
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

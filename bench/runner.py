@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import loops
+from bench import cbuild, loops
 from bench.registry import Benchmark
 
 ROOT = Path(__file__).resolve().parent.parent  # the directory holding the bench package
@@ -49,6 +49,7 @@ class Cell:
     """The samples of one (benchmark, loop)."""
 
     rates: list[float] = field(default_factory=list)  # ops/s, one per sample
+    extras: list[dict] = field(default_factory=list)  # the samples' extra data (latencies...)
     error: str | None = None  # the loop failed this benchmark; no more samples taken
     skip: str | None = None  # the benchmark cannot run here
     loop_class: str | None = None
@@ -73,6 +74,13 @@ class Cell:
         return self.best if STATISTIC == "best" else self.median
 
     @property
+    def best_extra(self) -> dict | None:
+        """The extra data of the best sample."""
+        if not self.rates or len(self.extras) != len(self.rates):
+            return None
+        return self.extras[self.rates.index(max(self.rates))]
+
+    @property
     def problem(self) -> str | None:
         return self.error or self.skip
 
@@ -84,8 +92,9 @@ class Run:
     benchmarks: list[Benchmark]
     cells: dict[tuple[str, str], Cell]
 
-    def cell(self, bench: str, loop: str) -> Cell:
-        return self.cells[(bench, loop)]
+    def cell(self, bench: str, loop: str) -> Cell | None:
+        """None where the row does not run on that loop (a ceiling row on a real loop...)."""
+        return self.cells.get((bench, loop))
 
     def value(self, bench: str, loop: str) -> float | None:
         cell = self.cells.get((bench, loop))
@@ -184,18 +193,35 @@ def machine_meta() -> dict:
     }
 
 
+def repeats(bench: Benchmark, repeat: int | None, quick: bool) -> int:
+    """Samples per cell of `bench`: --repeat if given, else 1 under --quick, else the row's."""
+    if repeat is not None:
+        return repeat
+    return 1 if quick else bench.repeat
+
+
 def run(
     benchmarks: list[Benchmark],
     loop_names: list[str],
     *,
-    repeat: int,
+    repeat: int | None,
     quick: bool,
     timeout: float,
     log=print,
 ) -> Run:
     started = time.monotonic()
     meta = machine_meta()
-    meta.update(repeat=repeat, quick=quick, statistic=STATISTIC)
+    meta.update(
+        repeat=repeat,
+        repeats={b.name: repeats(b, repeat, quick) for b in benchmarks},
+        quick=quick,
+        statistic=STATISTIC,
+    )
+
+    # The C helpers of the echo rows (load generator, libuv ceiling server).
+    tools = sorted({t for b in benchmarks for t in b.tools})
+    if tools:
+        meta["build_failures"] = cbuild.ensure(tools, log=log)
 
     # A probe imports the loop and runs one coroutine: seconds at most, unless it hangs.
     infos = [probe(name, PROBE_TIMEOUT) for name in loop_names]
@@ -203,20 +229,28 @@ def run(
         if not info.available:
             log(f"note: {info.name} is n/a: {info.reason}")
     available = [i.name for i in infos if i.available]
-    cells = {(b.name, name): Cell() for b in benchmarks for name in loop_names}
+    cells = {}
+    for b in benchmarks:
+        for name in b.runs_on or loop_names:
+            cells[(b.name, name)] = Cell()
     for info in infos:
         if not info.available:
             for b in benchmarks:
-                cells[(b.name, info.name)].skip = "loop not available"
+                if (b.name, info.name) in cells:
+                    cells[(b.name, info.name)].skip = "loop not available"
 
     width = max((len(b.name) for b in benchmarks), default=0)
-    for rep in range(repeat):
+    rounds = max((repeats(b, repeat, quick) for b in benchmarks), default=0)
+    for rep in range(rounds):
         shift = rep % len(available) if available else 0
         order = available[shift:] + available[:shift]
         for bench in benchmarks:
+            total = repeats(bench, repeat, quick)
+            if rep >= total:
+                continue
             n = bench.size(quick)
             shown = []
-            for name in order:
+            for name in bench.runs_on or order:
                 cell = cells[(bench.name, name)]
                 if cell.problem:
                     continue
@@ -226,6 +260,7 @@ def run(
                 if result.get("ok") and result["seconds"] > 0:
                     rate = result["ops"] / result["seconds"]
                     cell.rates.append(rate)
+                    cell.extras.append(result.get("extra") or {})
                     cell.loop_class = result.get("loop_class")
                     shown.append(f"{name} {_short_rate(rate)}")
                 elif result.get("ok"):
@@ -237,7 +272,7 @@ def run(
                     log(f"note: {bench.name} on {name} failed: {cell.error}")
                 if cell.problem:
                     shown.append(f"{name} n/a")
-            log(f"[{rep + 1}/{repeat}] {bench.name:<{width}}  " + "  ".join(shown))
+            log(f"[{rep + 1}/{total}] {bench.name:<{width}}  " + "  ".join(shown))
 
     meta["wall_seconds"] = round(time.monotonic() - started, 1)
     return Run(meta, infos, benchmarks, cells)

@@ -1,11 +1,15 @@
 """One sample in a fresh process: ``python -m bench.worker --loop L --bench B --n N``.
 
+For a driver row (``Benchmark.driver``, e.g. the echo servers) the worker makes
+no loop: the row's function gets the loop's name, starts the loop under test in
+a process of its own and loads it from outside.
+
 Also ``--probe`` (no benchmark): import the loop, run a trivial coroutine on
 it and report its version and class, so the parent learns whether the loop is
 usable without importing it.
 
 The result is one JSON line, the last line of stdout:
-  {"ok": true, "ops": ..., "seconds": ..., "loop_class": ...}
+  {"ok": true, "ops": ..., "seconds": ..., "loop_class": ..., "extra": {...}}
   {"ok": false, "skip": "why"}       a benchmark that cannot run here
   {"ok": false, "error": "Type: msg"} anything else (traceback on stderr)
 """
@@ -13,14 +17,17 @@ The result is one JSON line, the last line of stdout:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import importlib
 import json
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from bench import loops, registry
+
+if TYPE_CHECKING:
+    import asyncio
 
 # The warm-up run before the timed one does this fraction of the work, on the
 # same loop, so lazy imports, free lists and caches are warm for every loop alike.
@@ -38,6 +45,8 @@ def _qualname(obj: object) -> str:
 
 
 def _close(loop: asyncio.AbstractEventLoop) -> None:
+    import asyncio
+
     try:
         if not loop.is_closed():
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -47,6 +56,8 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def probe(loop_name: str) -> dict:
+    import asyncio
+
     loop = loops.new_loop(loop_name)
     try:
         asyncio.set_event_loop(loop)
@@ -66,30 +77,41 @@ def probe(loop_name: str) -> dict:
 def sample(loop_name: str, bench_name: str, n: int) -> dict:
     bench = registry.BY_NAME[bench_name]
     func = _resolve(bench.func)
+    if bench.driver:
+        # The row starts the loop in a process of its own and warms it up itself.
+        m = func(loop_name, n, **bench.params)
+        return {"ok": True, "ops": m.ops, "seconds": m.seconds, "extra": m.extra}
+    import asyncio  # not before: a driver row's worker has no use for it
+
     loop = loops.new_loop(loop_name)
     try:
         asyncio.set_event_loop(loop)
         func(loop, max(2, n // WARMUP_FRACTION), **bench.params)
         gc.collect()
-        ops, seconds = func(loop, n, **bench.params)
-        return {"ok": True, "ops": ops, "seconds": seconds, "loop_class": _qualname(loop)}
+        m = func(loop, n, **bench.params)
+        result = {"ok": True, "ops": m.ops, "seconds": m.seconds, "loop_class": _qualname(loop)}
+        if m.extra:
+            result["extra"] = m.extra
+        return result
     finally:
         _close(loop)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.worker")
-    parser.add_argument("--loop", required=True, choices=sorted(loops.LOOPS))
+    parser.add_argument("--loop", required=True, choices=sorted([*loops.LOOPS, registry.CEILING]))
     parser.add_argument("--probe", action="store_true")
     parser.add_argument("--bench", choices=sorted(registry.BY_NAME))
     parser.add_argument("--n", type=int)
     args = parser.parse_args(argv)
+    if not args.probe and (args.bench is None or args.n is None):
+        parser.error("--bench and --n are required without --probe")
+    if args.loop not in loops.LOOPS and (args.probe or not registry.BY_NAME[args.bench].runs_on):
+        parser.error(f"{args.loop} is a pseudo-loop, only for the rows that run on it")
     try:
         if args.probe:
             result = probe(args.loop)
         else:
-            if args.bench is None or args.n is None:
-                parser.error("--bench and --n are required without --probe")
             result = sample(args.loop, args.bench, args.n)
     except registry.Skip as exc:
         result = {"ok": False, "skip": str(exc)}
