@@ -364,33 +364,27 @@ void StreamTransport::shutdown_now() {
 void StreamTransport::maybe_pause_protocol() {
   if (write_buffer_size() <= high_water_ || protocol_paused_ || protocol_ == nullptr) return;
   protocol_paused_ = true;
-  Ref r(PyObject_CallMethod(protocol_, "pause_writing", nullptr));
-  if (!r) {
-    if (is_exit_exception()) {
-      loop_->defer_exception(take_exception());
-      return;
-    }
-    Ref exc(take_exception());
-    Ref rr(PyObject_CallFunction(g_hooks.transport_error, "OOsO", self_ref_, exc.get(),
-                                 "protocol.pause_writing() failed", Py_False));
-    if (!rr) PyErr_WriteUnraisable(self_ref_);
-  }
+  call_flow_control("pause_writing", "protocol.pause_writing() failed");
 }
 
 void StreamTransport::maybe_resume_protocol() {
   if (!protocol_paused_ || write_buffer_size() > low_water_ || protocol_ == nullptr) return;
   protocol_paused_ = false;
-  Ref r(PyObject_CallMethod(protocol_, "resume_writing", nullptr));
-  if (!r) {
-    if (is_exit_exception()) {
-      loop_->defer_exception(take_exception());
-      return;
-    }
-    Ref exc(take_exception());
-    Ref rr(PyObject_CallFunction(g_hooks.transport_error, "OOsO", self_ref_, exc.get(),
-                                 "protocol.resume_writing() failed", Py_False));
-    if (!rr) PyErr_WriteUnraisable(self_ref_);
+  call_flow_control("resume_writing", "protocol.resume_writing() failed");
+}
+
+void StreamTransport::call_flow_control(const char* method, const char* message) {
+  Ref r(PyObject_CallMethod(protocol_, method, nullptr));
+  if (r) return;
+  if (is_exit_exception()) {
+    loop_->defer_exception(take_exception());
+    return;
   }
+  // Reported, not fatal: asyncio goes on with the connection.
+  Ref exc(take_exception());
+  Ref rr(PyObject_CallFunction(g_hooks.transport_error, "OOsO", self_ref_, exc.get(), message,
+                               Py_False));
+  if (!rr) PyErr_WriteUnraisable(self_ref_);
 }
 
 bool StreamTransport::set_write_buffer_limits(PyObject* high, PyObject* low) {

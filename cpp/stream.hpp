@@ -101,6 +101,8 @@ class StreamTransport : public LoopResource {
   void shutdown_now();
   void maybe_pause_protocol();
   void maybe_resume_protocol();
+  // Calls protocol.pause_writing()/resume_writing(), reporting a failure.
+  void call_flow_control(const char* method, const char* message);
   void fatal_error(PyObject* exc, const char* message);
   void fatal_uv_error(int err, const char* message);
   // The current exception (set by a failed protocol call): SystemExit and

@@ -214,111 +214,90 @@ class SocketMethods(DnsMethods):
             self._sock_writers = owners = {}
             return owners
 
-    # The pattern of every waiting operation below: register the watcher, then
-    # record the future as its owner (only once add_* succeeded: it raises on
-    # a closed loop), await, and on the way out remove the watcher only if no
-    # later operation took it over meanwhile.
+    def _check_sock(self, sock):
+        if isinstance(sock, _SSLSocket):
+            raise TypeError("Socket cannot be of type SSLSocket")
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_NON_BLOCKING)
+
+    # Every operation tries its syscall first and waits only when it would
+    # block. Waiting: register the watcher, then record the future as its owner
+    # (only once add_* succeeded: it raises on a closed loop), await, and on
+    # the way out remove the watcher only if no later operation took it over.
+
+    async def _wait_readable(self, fd, ready, *args):
+        """Await `ready(fut, *args)`, run whenever fd is readable, resolving fut."""
+        fut = self.create_future()
+        self.add_reader(fd, ready, fut, *args)
+        owners = self._sock_read_owners()
+        owners[fd] = fut
+        try:
+            return await fut
+        finally:
+            if owners.get(fd) is fut:
+                del owners[fd]
+                self.remove_reader(fd)
+            fut = None  # break the future <-> traceback cycle of a failure
+
+    async def _wait_writable(self, fd, ready, *args):
+        """Await `ready(fut, *args)`, run whenever fd is writable, resolving fut."""
+        fut = self.create_future()
+        self.add_writer(fd, ready, fut, *args)
+        owners = self._sock_write_owners()
+        owners[fd] = fut
+        try:
+            return await fut
+        finally:
+            if owners.get(fd) is fut:
+                del owners[fd]
+                self.remove_writer(fd)
+            fut = None  # break the future <-> traceback cycle of a failure
 
     # ---- receiving -------------------------------------------------------------
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock; b'' at end of stream."""
-        if isinstance(sock, _SSLSocket):
-            raise TypeError("Socket cannot be of type SSLSocket")
-        if self.get_debug() and sock.gettimeout() != 0:
-            raise ValueError(_NON_BLOCKING)
+        self._check_sock(sock)
         try:
             return sock.recv(n)
         except _RETRY:
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_reader(fd, _recv_ready, fut, sock, n)
-        owners = self._sock_read_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_reader(fd)
+        return await self._wait_readable(sock.fileno(), _recv_ready, sock, n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer buf; return the number of bytes."""
-        if isinstance(sock, _SSLSocket):
-            raise TypeError("Socket cannot be of type SSLSocket")
-        if self.get_debug() and sock.gettimeout() != 0:
-            raise ValueError(_NON_BLOCKING)
+        self._check_sock(sock)
         try:
             return sock.recv_into(buf)
         except _RETRY:
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_reader(fd, _recv_into_ready, fut, sock, buf)
-        owners = self._sock_read_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_reader(fd)
+        return await self._wait_readable(sock.fileno(), _recv_into_ready, sock, buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes: (data, address)."""
-        if isinstance(sock, _SSLSocket):
-            raise TypeError("Socket cannot be of type SSLSocket")
-        if self.get_debug() and sock.gettimeout() != 0:
-            raise ValueError(_NON_BLOCKING)
+        self._check_sock(sock)
         try:
             return sock.recvfrom(bufsize)
         except _RETRY:
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_reader(fd, _recvfrom_ready, fut, sock, bufsize)
-        owners = self._sock_read_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_reader(fd)
+        return await self._wait_readable(sock.fileno(), _recvfrom_ready, sock, bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf: (number of bytes, address)."""
-        if isinstance(sock, _SSLSocket):
-            raise TypeError("Socket cannot be of type SSLSocket")
-        if self.get_debug() and sock.gettimeout() != 0:
-            raise ValueError(_NON_BLOCKING)
+        self._check_sock(sock)
         if not nbytes:
             nbytes = len(buf)
         try:
             return sock.recvfrom_into(buf, nbytes)
         except _RETRY:
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_reader(fd, _recvfrom_into_ready, fut, sock, buf, nbytes)
-        owners = self._sock_read_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_reader(fd)
+        return await self._wait_readable(sock.fileno(), _recvfrom_into_ready, sock, buf, nbytes)
 
     # ---- sending ---------------------------------------------------------------
 
     async def sock_sendall(self, sock, data):
         """Send all of data; on error there is no telling how much was sent."""
-        if isinstance(sock, _SSLSocket):
-            raise TypeError("Socket cannot be of type SSLSocket")
-        if self.get_debug() and sock.gettimeout() != 0:
-            raise ValueError(_NON_BLOCKING)
+        self._check_sock(sock)
         try:
             n = sock.send(data)
         except _RETRY:
@@ -335,39 +314,16 @@ class SocketMethods(DnsMethods):
                 return
             if view.itemsize != 1 or view.ndim != 1:
                 view = view.cast("B")
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_writer(fd, _sendall_ready, fut, sock, view, [n])
-        owners = self._sock_write_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_writer(fd)
+        return await self._wait_writable(sock.fileno(), _sendall_ready, sock, view, [n])
 
     async def sock_sendto(self, sock, data, address):
         """Send a datagram to address; return the number of bytes sent."""
-        if isinstance(sock, _SSLSocket):
-            raise TypeError("Socket cannot be of type SSLSocket")
-        if self.get_debug() and sock.gettimeout() != 0:
-            raise ValueError(_NON_BLOCKING)
+        self._check_sock(sock)
         try:
             return sock.sendto(data, address)
         except _RETRY:
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_writer(fd, _sendto_ready, fut, sock, data, address)
-        owners = self._sock_write_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_writer(fd)
+        return await self._wait_writable(sock.fileno(), _sendto_ready, sock, data, address)
 
     # ---- connecting and accepting ------------------------------------------------
 
@@ -388,18 +344,7 @@ class SocketMethods(DnsMethods):
             # EINPROGRESS, or EINTR: the connection goes on in the background
             # either way; writability tells when it is done.
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_writer(fd, _connect_ready, fut, sock, address)
-        owners = self._sock_write_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_writer(fd)
-            fut = None  # break the future <-> traceback cycle of a failure
+        return await self._wait_writable(sock.fileno(), _connect_ready, sock, address)
 
     async def sock_accept(self, sock):
         """Accept a connection: (conn, address), conn non-blocking."""
@@ -413,29 +358,10 @@ class SocketMethods(DnsMethods):
         else:
             conn.setblocking(False)
             return conn, address
-        fut = self.create_future()
-        fd = sock.fileno()
-        self.add_reader(fd, _accept_ready, fut, sock)
-        owners = self._sock_read_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_reader(fd)
+        return await self._wait_readable(sock.fileno(), _accept_ready, sock)
 
     async def _sock_wait_writable(self, fd):
-        fut = self.create_future()
-        self.add_writer(fd, _writable, fut)
-        owners = self._sock_write_owners()
-        owners[fd] = fut
-        try:
-            await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_writer(fd)
+        await self._wait_writable(fd, _writable)
 
     # ---- sendfile --------------------------------------------------------------
 
