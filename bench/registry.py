@@ -174,6 +174,24 @@ BENCHMARKS: list[Benchmark] = [
         unit="callback",
         doc="another thread calls call_soon_threadsafe; timed from its first call to the last run",
     ),
+    Benchmark(
+        "tls_echo_1k",
+        "micro",
+        "bench.tls:tls_echo",
+        n=4_000,
+        unit="round trip",
+        doc="TLS streams (asyncio's sslproto on the loop's transports): 1 KiB request/response",
+        quick_n=200,
+    ),
+    Benchmark(
+        "tls_bulk",
+        "micro",
+        "bench.tls:tls_bulk",
+        n=64,
+        unit="MiB",
+        doc="TLS streams: 1 MiB writes with drain() one way, both ends on the loop",
+        quick_n=4,
+    ),
     # Subprocesses plug in here (group "proc"): spawn rate and pipe throughput,
     # e.g. Benchmark("subprocess_spawn", "proc", "bench.proc:spawn", ...).
 ]
