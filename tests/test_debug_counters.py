@@ -12,10 +12,9 @@ import gc
 import socket
 import time
 
+import fastloop
 import pytest
-
-fastloop = pytest.importorskip("fastloop")
-from fastloop import _core  # noqa: E402
+from fastloop import _core
 
 needs_debug_build = pytest.mark.skipif(
     _core._debug_counters() is None,
