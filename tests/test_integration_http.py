@@ -7,10 +7,10 @@ import contextlib
 import hashlib
 
 # Installed by requirements-dev.txt: a missing one is an error, not a skip.
-import aiohttp  # noqa: E402
-import httpx  # noqa: E402
+import aiohttp
+import httpx
 import pytest
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
 from .netutil import HOST, addr_of, pattern, run, sha256
 
