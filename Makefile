@@ -11,14 +11,15 @@ SRCS   := $(shell find cpp python -type f) CMakeLists.txt pyproject.toml
 all: build
 
 # System packages: libuv (headers and static archive) and pkg-config; openssl
-# (the TLS tests make certificates) and iproute2's ss (a server backlog test).
+# (the TLS tests make certificates), iproute2's ss (a server backlog test) and
+# clang-format (make lint, which make test runs).
 $(VENV)/.sysdeps:
 	@if ! pkg-config --exists libuv 2>/dev/null || ! command -v openssl >/dev/null || \
-	    ! command -v ss >/dev/null; then \
-	  echo "fastloop: installing libuv1-dev pkg-config openssl iproute2 with apt-get"; \
+	    ! command -v ss >/dev/null || ! command -v clang-format >/dev/null; then \
+	  echo "fastloop: installing libuv1-dev pkg-config openssl iproute2 clang-format with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    libuv1-dev pkg-config openssl iproute2; \
+	    libuv1-dev pkg-config openssl iproute2 clang-format; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 sysdeps: $(VENV)/.sysdeps
@@ -36,9 +37,9 @@ $(VENV)/.build-ok: $(VENV)/.venv-ok $(SRCS)
 	@touch $@
 build: $(VENV)/.build-ok
 
-# The suite on the release build, again on the ASan+UBSan debug build (which
-# adds the core's counters and fault injection), then CPython's asyncio tests.
-test: build
+# Lint, the suite on the release build, again on the ASan+UBSan debug build
+# (which adds the core's counters and fault injection), then CPython's asyncio tests.
+test: build lint
 	$(VPY) -m pytest -q tests
 	$(MAKE) sanitize
 	$(VPY) -m tests.conformance --loop both
@@ -64,13 +65,16 @@ sanitize: $(VENV)/.venv-ok $(SRCS)
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  PYTHONPATH=$(abspath $(SAN_DIR)/pkg) $(VPY) -m pytest -q -p no:randomly tests
 
+CPP_FILES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/bindings/*.cpp cpp/bindings/*.hpp)
+
 format:
-	clang-format -i cpp/*.cpp cpp/*.hpp cpp/bindings/*.cpp
+	clang-format -i $(CPP_FILES)
 	$(VPY) -m ruff format python tests bench
 
-lint:
+lint: $(VENV)/.venv-ok
 	$(VPY) -m ruff check python tests bench
-	clang-format --dry-run --Werror cpp/*.cpp cpp/*.hpp cpp/bindings/*.cpp
+	$(VPY) -m ruff format --check python tests bench
+	clang-format --dry-run --Werror $(CPP_FILES)
 
 clean:
 	rm -rf build $(VENV)

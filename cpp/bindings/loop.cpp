@@ -11,6 +11,7 @@
 
 #include "errors.hpp"
 #include "hooks.hpp"
+#include "instance.hpp"
 #include "registry.hpp"
 
 namespace py = pybind11;
@@ -21,12 +22,8 @@ namespace {
 
 PyTypeObject* g_loop_type = nullptr;
 
-// The C++ core inside a pybind11 instance (always of simple layout: the
-// Python subclass has exactly one pybind11 base). nullptr before __init__.
 Loop* core_unchecked(PyObject* obj) noexcept {
-  auto* inst = reinterpret_cast<py::detail::instance*>(obj);
-  if (!inst->simple_layout) return nullptr;
-  return static_cast<Loop*>(inst->simple_value_holder[0]);
+  return cpp_of<Loop>(obj);
 }
 
 Loop* core_or_raise(PyObject* self) noexcept {
@@ -194,11 +191,6 @@ PyObject* loop_create_task(PyObject* self, PyObject* const* args, Py_ssize_t nar
   return PyObject_Vectorcall(g_hooks.task_type, stack, 1, g_str.kw_loop_name_ctx);
 }
 
-template <class F>
-constexpr PyCFunction as_cfunction(F f) {
-  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(f));
-}
-
 PyMethodDef kFastMethods[] = {
     {"call_soon", as_cfunction(loop_call_soon), METH_FASTCALL | METH_KEYWORDS,
      "call_soon(callback, *args, context=None): run callback in the next iteration."},
@@ -334,12 +326,7 @@ void register_loop(py::module_& m) {
           [](py::handle self, bool on) { core(self).set_debug(on); });
 
   g_loop_type = reinterpret_cast<PyTypeObject*>(cls.ptr());
-  for (PyMethodDef* def = kFastMethods; def->ml_name != nullptr; ++def) {
-    Ref descr(PyDescr_NewMethod(g_loop_type, def));
-    if (!descr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr.get()) < 0) {
-      throw py::error_already_set();
-    }
-  }
+  add_fast_methods(cls, kFastMethods);
 }
 
 }  // namespace fastloop
