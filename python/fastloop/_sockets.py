@@ -51,56 +51,12 @@ def _check_ssl_socket(sock):
 # place for the next readiness.
 
 
-def _recv_ready(fut, sock, n):
+def _retry_ready(fut, syscall, *args):
+    """The fd is ready: retry syscall(*args) and resolve fut, unless it would block again."""
     if fut.done():
         return
     try:
-        data = sock.recv(n)
-    except _RETRY:
-        return
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(data)
-
-
-def _recv_into_ready(fut, sock, buf):
-    if fut.done():
-        return
-    try:
-        nbytes = sock.recv_into(buf)
-    except _RETRY:
-        return
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(nbytes)
-
-
-def _recvfrom_ready(fut, sock, bufsize):
-    if fut.done():
-        return
-    try:
-        result = sock.recvfrom(bufsize)
-    except _RETRY:
-        return
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
-
-
-def _recvfrom_into_ready(fut, sock, buf, nbytes):
-    if fut.done():
-        return
-    try:
-        result = sock.recvfrom_into(buf, nbytes)
+        result = syscall(*args)
     except _RETRY:
         return
     except (SystemExit, KeyboardInterrupt):
@@ -130,21 +86,6 @@ def _sendall_ready(fut, sock, view, pos):
         fut.set_result(None)
     else:
         pos[0] = start
-
-
-def _sendto_ready(fut, sock, data, address):
-    if fut.done():
-        return
-    try:
-        n = sock.sendto(data, 0, address)
-    except _RETRY:
-        return
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(n)
 
 
 def _connect_ready(fut, sock, address):
@@ -262,7 +203,7 @@ class SocketMethods(DnsMethods):
             return sock.recv(n)
         except _RETRY:
             pass
-        return await self._wait_readable(sock.fileno(), _recv_ready, sock, n)
+        return await self._wait_readable(sock.fileno(), _retry_ready, sock.recv, n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer buf; return the number of bytes."""
@@ -271,7 +212,7 @@ class SocketMethods(DnsMethods):
             return sock.recv_into(buf)
         except _RETRY:
             pass
-        return await self._wait_readable(sock.fileno(), _recv_into_ready, sock, buf)
+        return await self._wait_readable(sock.fileno(), _retry_ready, sock.recv_into, buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes: (data, address)."""
@@ -280,7 +221,7 @@ class SocketMethods(DnsMethods):
             return sock.recvfrom(bufsize)
         except _RETRY:
             pass
-        return await self._wait_readable(sock.fileno(), _recvfrom_ready, sock, bufsize)
+        return await self._wait_readable(sock.fileno(), _retry_ready, sock.recvfrom, bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf: (number of bytes, address)."""
@@ -291,7 +232,9 @@ class SocketMethods(DnsMethods):
             return sock.recvfrom_into(buf, nbytes)
         except _RETRY:
             pass
-        return await self._wait_readable(sock.fileno(), _recvfrom_into_ready, sock, buf, nbytes)
+        return await self._wait_readable(
+            sock.fileno(), _retry_ready, sock.recvfrom_into, buf, nbytes
+        )
 
     # ---- sending ---------------------------------------------------------------
 
@@ -323,7 +266,7 @@ class SocketMethods(DnsMethods):
             return sock.sendto(data, address)
         except _RETRY:
             pass
-        return await self._wait_writable(sock.fileno(), _sendto_ready, sock, data, address)
+        return await self._wait_writable(sock.fileno(), _retry_ready, sock.sendto, data, 0, address)
 
     # ---- connecting and accepting ------------------------------------------------
 
