@@ -34,6 +34,12 @@ class FdWatchers {
   int add(int fd, Interest what, HandleObject* h);
   // Stops watching; cancels the handle. False when nothing was registered.
   bool remove(int fd, Interest what);
+  // The handle registered for fd and `what`, or nullptr (borrowed).
+  HandleObject* handle(int fd, Interest what) const noexcept {
+    auto it = by_fd_.find(fd);
+    if (it == by_fd_.end()) return nullptr;
+    return what == Interest::kRead ? it->second->reader : it->second->writer;
+  }
   // Closes an idle watcher of `fd`, before a libuv handle is opened on it.
   void evict_idle(int fd);
   bool empty() const noexcept { return by_fd_.empty(); }

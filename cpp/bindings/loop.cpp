@@ -9,10 +9,13 @@
 
 #include <pybind11/pybind11.h>
 
+#include <climits>
+
 #include "errors.hpp"
 #include "hooks.hpp"
 #include "instance.hpp"
 #include "registry.hpp"
+#include "sockwait.hpp"
 
 namespace py = pybind11;
 
@@ -191,6 +194,30 @@ PyObject* loop_create_task(PyObject* self, PyObject* const* args, Py_ssize_t nar
   return PyObject_Vectorcall(g_hooks.task_type, stack, 1, g_str.kw_loop_name_ctx);
 }
 
+// _sock_wait(fd, write, sock, method_name, *args): the wait of a sock_*
+// operation whose syscall would block (see sockwait.hpp). Returns the future.
+PyObject* loop_sock_wait(PyObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                         PyObject* kwnames) {
+  Loop* loop = core_or_raise(self);
+  if (loop == nullptr) return nullptr;
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs < 4 || kwnames != nullptr) {
+    PyErr_SetString(PyExc_TypeError, "_sock_wait(fd, write, sock, method_name, *args)");
+    return nullptr;
+  }
+  const long fd = PyLong_AsLong(args[0]);
+  if (fd == -1 && PyErr_Occurred()) return nullptr;
+  if (fd < 0 || fd > INT_MAX) {
+    PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
+    return nullptr;
+  }
+  const int write = PyObject_IsTrue(args[1]);
+  if (write < 0) return nullptr;
+  return start_sock_wait(self, loop, static_cast<int>(fd),
+                         write != 0 ? Interest::kWrite : Interest::kRead, args[2], args[3],
+                         args + 4, nargs - 4);
+}
+
 PyMethodDef kFastMethods[] = {
     {"call_soon", as_cfunction(loop_call_soon), METH_FASTCALL | METH_KEYWORDS,
      "call_soon(callback, *args, context=None): run callback in the next iteration."},
@@ -203,6 +230,8 @@ PyMethodDef kFastMethods[] = {
     {"time", loop_time, METH_NOARGS, "The loop's clock: time.monotonic()."},
     {"get_debug", loop_get_debug, METH_NOARGS, "True in debug mode."},
     {"create_future", loop_create_future, METH_NOARGS, "A new asyncio.Future on this loop."},
+    {"_sock_wait", as_cfunction(loop_sock_wait), METH_FASTCALL | METH_KEYWORDS,
+     "_sock_wait(fd, write, sock, name, *args): await sock.<name>(*args) once ready."},
     {"create_task", as_cfunction(loop_create_task), METH_FASTCALL | METH_KEYWORDS,
      "create_task(coro, *, name=None, context=None): schedule a coroutine as a Task."},
     {nullptr, nullptr, 0, nullptr},
@@ -296,6 +325,13 @@ void register_loop(py::module_& m) {
           "_add_writer_with",
           [](py::handle self, int fd, py::handle callback, const py::tuple& args,
              py::handle context) { watch_fd(self, fd, Interest::kWrite, callback, args, context); })
+      .def(
+          "_sock_unwait",
+          [](py::handle self, int fd, bool write, py::handle future) {
+            return cancel_sock_wait(&core(self), fd, write ? Interest::kWrite : Interest::kRead,
+                                    future.ptr());
+          },
+          "The awaiting task gave up: unregister its _sock_wait if still registered.")
       .def("_remove_reader",
            [](py::handle self, int fd) {
              return core(self).fd_watchers().remove(fd, Interest::kRead);

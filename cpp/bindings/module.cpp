@@ -5,6 +5,7 @@
 #include "handles.hpp"
 #include "hooks.hpp"
 #include "registry.hpp"
+#include "sockwait.hpp"
 
 namespace py = pybind11;
 
@@ -65,7 +66,8 @@ void register_hooks(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloop's native core: the event loop on libuv";
-  if (!fastloop::init_strings() || !fastloop::init_handle_types(m.ptr())) {
+  if (!fastloop::init_strings() || !fastloop::init_handle_types(m.ptr()) ||
+      !fastloop::init_sock_wait_type(m.ptr())) {
     throw py::error_already_set();
   }
   fastloop::register_loop(m);

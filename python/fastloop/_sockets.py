@@ -51,22 +51,6 @@ def _check_ssl_socket(sock):
 # place for the next readiness.
 
 
-def _retry_ready(fut, syscall, *args):
-    """The fd is ready: retry syscall(*args) and resolve fut, unless it would block again."""
-    if fut.done():
-        return
-    try:
-        result = syscall(*args)
-    except _RETRY:
-        return
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
-
-
 def _sendall_ready(fut, sock, view, pos):
     # pos is a one-item list: how much of view was sent so far.
     if fut.done():
@@ -180,6 +164,34 @@ class SocketMethods(DnsMethods):
                 self.remove_reader(fd)
             fut = None  # break the future <-> traceback cycle of a failure
 
+    async def _retry_when_readable(self, sock, method, *args):
+        """Await sock.<method>(*args) once sock is readable: retried natively
+        until it does not block (cpp/sockwait.hpp). The method is looked up on
+        each retry, as asyncio does."""
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        fut = self._sock_wait(fd, False, sock, method, *args)
+        try:
+            return await fut
+        except BaseException:
+            self._sock_unwait(fd, False, fut)  # cancelled: give the fd up
+            raise
+        finally:
+            fut = None  # break the future <-> traceback cycle of a failure
+
+    async def _retry_when_writable(self, sock, method, *args):
+        """Await sock.<method>(*args) once sock is writable (see _retry_when_readable)."""
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        fut = self._sock_wait(fd, True, sock, method, *args)
+        try:
+            return await fut
+        except BaseException:
+            self._sock_unwait(fd, True, fut)
+            raise
+        finally:
+            fut = None
+
     async def _wait_writable(self, fd, ready, *args):
         """Await `ready(fut, *args)`, run whenever fd is writable, resolving fut."""
         fut = self.create_future()
@@ -203,7 +215,7 @@ class SocketMethods(DnsMethods):
             return sock.recv(n)
         except _RETRY:
             pass
-        return await self._wait_readable(sock.fileno(), _retry_ready, sock.recv, n)
+        return await self._retry_when_readable(sock, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer buf; return the number of bytes."""
@@ -212,7 +224,7 @@ class SocketMethods(DnsMethods):
             return sock.recv_into(buf)
         except _RETRY:
             pass
-        return await self._wait_readable(sock.fileno(), _retry_ready, sock.recv_into, buf)
+        return await self._retry_when_readable(sock, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes: (data, address)."""
@@ -221,7 +233,7 @@ class SocketMethods(DnsMethods):
             return sock.recvfrom(bufsize)
         except _RETRY:
             pass
-        return await self._wait_readable(sock.fileno(), _retry_ready, sock.recvfrom, bufsize)
+        return await self._retry_when_readable(sock, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf: (number of bytes, address)."""
@@ -232,9 +244,7 @@ class SocketMethods(DnsMethods):
             return sock.recvfrom_into(buf, nbytes)
         except _RETRY:
             pass
-        return await self._wait_readable(
-            sock.fileno(), _retry_ready, sock.recvfrom_into, buf, nbytes
-        )
+        return await self._retry_when_readable(sock, "recvfrom_into", buf, nbytes)
 
     # ---- sending ---------------------------------------------------------------
 
@@ -266,7 +276,7 @@ class SocketMethods(DnsMethods):
             return sock.sendto(data, address)
         except _RETRY:
             pass
-        return await self._wait_writable(sock.fileno(), _retry_ready, sock.sendto, data, 0, address)
+        return await self._retry_when_writable(sock, "sendto", data, 0, address)
 
     # ---- connecting and accepting ------------------------------------------------
 
