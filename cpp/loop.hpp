@@ -128,9 +128,6 @@ class Loop {
   // KeyboardInterrupt from a signal): keep it and end the current poll.
   void defer_exception(PyObject* exc) noexcept;
 
-  // The Python object this core belongs to, while it runs.
-  PyObject* self() const noexcept { return self_; }
-
   FdWatchers& fd_watchers() noexcept { return watchers_; }
   void add_resource(LoopResource* r) { resources_.insert(r); }
   void remove_resource(LoopResource* r) noexcept { resources_.erase(r); }

@@ -82,7 +82,9 @@ struct Strings {
   PyObject* context;
   PyObject* loop;
   PyObject* name;
-  PyObject* call_exception_handler;
+  PyObject* done;  // Future methods the core calls
+  PyObject* set_result;
+  PyObject* set_exception;
   PyObject* slow_callback_duration;
   PyObject* kw_loop;           // ("loop",)
   PyObject* kw_loop_name_ctx;  // ("loop", "name", "context")

@@ -41,7 +41,7 @@ PyObject* sock_wait_call(PyObject* self, PyObject* const* /*args*/, size_t /*nar
                          PyObject* /*kwnames*/) {
   auto* w = reinterpret_cast<SockWaitObject*>(self);
   Ref keep = Ref::borrow(self);  // unregistering releases the handle's reference
-  Ref done(PyObject_CallMethod(w->future, "done", nullptr));
+  Ref done(PyObject_CallMethodNoArgs(w->future, g_str.done));
   if (!done) return nullptr;
   if (done.get() == Py_True) {  // cancelled meanwhile
     unregister(w, w->future);
@@ -60,12 +60,10 @@ PyObject* sock_wait_call(PyObject* self, PyObject* const* /*args*/, size_t /*nar
       return nullptr;
     }
     Ref exc(take_exception());
-    Ref name(PyUnicode_FromString("set_exception"));
-    result = Ref(name ? PyObject_CallMethodOneArg(w->future, name.get(), exc.get()) : nullptr);
+    result = Ref(PyObject_CallMethodOneArg(w->future, g_str.set_exception, exc.get()));
   } else {
-    // One argument, whatever it is: "O" in a format would unpack a tuple.
-    Ref name(PyUnicode_FromString("set_result"));
-    result = Ref(name ? PyObject_CallMethodOneArg(w->future, name.get(), result.get()) : nullptr);
+    // One argument, whatever it is (a tuple from recvfrom is not unpacked).
+    result = Ref(PyObject_CallMethodOneArg(w->future, g_str.set_result, result.get()));
   }
   unregister(w, w->future);
   if (!result) return nullptr;

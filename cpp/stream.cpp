@@ -22,6 +22,35 @@ PyObject* call1(PyObject* method, PyObject* arg) noexcept {
   return PyObject_Vectorcall(method, &arg, 1, nullptr);
 }
 
+// The bytes of a write() argument: exact bytes are read in place, anything
+// else through the buffer protocol (released with the view).
+class WriteView {
+ public:
+  bool acquire(PyObject* data) noexcept {
+    if (PyBytes_CheckExact(data)) {
+      base_ = PyBytes_AS_STRING(data);
+      len_ = static_cast<size_t>(PyBytes_GET_SIZE(data));
+      return true;
+    }
+    if (PyObject_GetBuffer(data, &view_, PyBUF_SIMPLE) < 0) return false;
+    exported_ = true;
+    base_ = static_cast<const char*>(view_.buf);
+    len_ = static_cast<size_t>(view_.len);
+    return true;
+  }
+  ~WriteView() {
+    if (exported_) PyBuffer_Release(&view_);
+  }
+  const char* base() const noexcept { return base_; }
+  size_t len() const noexcept { return len_; }
+
+ private:
+  Py_buffer view_{};
+  const char* base_ = nullptr;
+  size_t len_ = 0;
+  bool exported_ = false;
+};
+
 bool is_exit_exception() noexcept {
   return PyErr_ExceptionMatches(PyExc_SystemExit) ||
          PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
@@ -224,8 +253,7 @@ size_t StreamTransport::write_buffer_size() const noexcept {
 }
 
 bool StreamTransport::write(PyObject* data) {
-  const bool is_bytes = PyBytes_CheckExact(data);
-  if (!is_bytes && !PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
+  if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
     PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'",
                  Py_TYPE(data)->tp_name);
     return false;
@@ -238,10 +266,10 @@ bool StreamTransport::write(PyObject* data) {
     PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
     return false;
   }
-  Py_buffer view{};
-  if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return false;
-  const char* base = static_cast<const char*>(view.buf);
-  const auto len = static_cast<size_t>(view.len);
+  WriteView view;
+  if (!view.acquire(data)) return false;
+  const char* base = view.base();
+  const size_t len = view.len();
   bool ok = true;
   if (len == 0) {
     // Nothing to do, as in asyncio.
@@ -260,7 +288,6 @@ bool StreamTransport::write(PyObject* data) {
       if (n >= 0) {
         sent = static_cast<size_t>(n);
       } else if (n != UV_EAGAIN) {
-        PyBuffer_Release(&view);
         fatal_uv_error(n, "Fatal write error on socket transport");
         return true;
       }
@@ -271,7 +298,6 @@ bool StreamTransport::write(PyObject* data) {
       if (ok) maybe_pause_protocol();
     }
   }
-  PyBuffer_Release(&view);
   return ok;
 }
 
