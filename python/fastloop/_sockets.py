@@ -150,60 +150,38 @@ class SocketMethods(DnsMethods):
     # (only once add_* succeeded: it raises on a closed loop), await, and on
     # the way out remove the watcher only if no later operation took it over.
 
-    async def _wait_readable(self, fd, ready, *args):
-        """Await `ready(fut, *args)`, run whenever fd is readable, resolving fut."""
+    async def _wait(self, fd, write, ready, *args):
+        """Await `ready(fut, *args)`, run whenever fd is writable (write) or
+        readable, resolving fut."""
         fut = self.create_future()
-        self.add_reader(fd, ready, fut, *args)
-        owners = self._sock_read_owners()
+        if write:
+            self.add_writer(fd, ready, fut, *args)
+            owners, remove = self._sock_write_owners(), self.remove_writer
+        else:
+            self.add_reader(fd, ready, fut, *args)
+            owners, remove = self._sock_read_owners(), self.remove_reader
         owners[fd] = fut
         try:
             return await fut
         finally:
             if owners.get(fd) is fut:
                 del owners[fd]
-                self.remove_reader(fd)
+                remove(fd)
             fut = None  # break the future <-> traceback cycle of a failure
 
-    async def _retry_when_readable(self, sock, method, *args):
-        """Await sock.<method>(*args) once sock is readable: retried natively
-        until it does not block (cpp/sockwait.hpp). The method is looked up on
-        each retry, as asyncio does."""
+    async def _retry(self, sock, write, method, *args):
+        """Await sock.<method>(*args) once sock is writable (write) or readable:
+        retried natively until it does not block (cpp/sockwait.hpp). The method
+        is looked up on each retry, as asyncio does."""
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        fut = self._sock_wait(fd, False, sock, method, *args)
+        fut = self._sock_wait(fd, write, sock, method, *args)
         try:
             return await fut
         except BaseException:
-            self._sock_unwait(fd, False, fut)  # cancelled: give the fd up
+            self._sock_unwait(fd, write, fut)  # cancelled: give the fd up
             raise
         finally:
-            fut = None  # break the future <-> traceback cycle of a failure
-
-    async def _retry_when_writable(self, sock, method, *args):
-        """Await sock.<method>(*args) once sock is writable (see _retry_when_readable)."""
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        fut = self._sock_wait(fd, True, sock, method, *args)
-        try:
-            return await fut
-        except BaseException:
-            self._sock_unwait(fd, True, fut)
-            raise
-        finally:
-            fut = None
-
-    async def _wait_writable(self, fd, ready, *args):
-        """Await `ready(fut, *args)`, run whenever fd is writable, resolving fut."""
-        fut = self.create_future()
-        self.add_writer(fd, ready, fut, *args)
-        owners = self._sock_write_owners()
-        owners[fd] = fut
-        try:
-            return await fut
-        finally:
-            if owners.get(fd) is fut:
-                del owners[fd]
-                self.remove_writer(fd)
             fut = None  # break the future <-> traceback cycle of a failure
 
     # ---- receiving -------------------------------------------------------------
@@ -215,7 +193,7 @@ class SocketMethods(DnsMethods):
             return sock.recv(n)
         except _RETRY:
             pass
-        return await self._retry_when_readable(sock, "recv", n)
+        return await self._retry(sock, False, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer buf; return the number of bytes."""
@@ -224,7 +202,7 @@ class SocketMethods(DnsMethods):
             return sock.recv_into(buf)
         except _RETRY:
             pass
-        return await self._retry_when_readable(sock, "recv_into", buf)
+        return await self._retry(sock, False, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes: (data, address)."""
@@ -233,7 +211,7 @@ class SocketMethods(DnsMethods):
             return sock.recvfrom(bufsize)
         except _RETRY:
             pass
-        return await self._retry_when_readable(sock, "recvfrom", bufsize)
+        return await self._retry(sock, False, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf: (number of bytes, address)."""
@@ -244,7 +222,7 @@ class SocketMethods(DnsMethods):
             return sock.recvfrom_into(buf, nbytes)
         except _RETRY:
             pass
-        return await self._retry_when_readable(sock, "recvfrom_into", buf, nbytes)
+        return await self._retry(sock, False, "recvfrom_into", buf, nbytes)
 
     # ---- sending ---------------------------------------------------------------
 
@@ -267,7 +245,7 @@ class SocketMethods(DnsMethods):
                 return
             if view.itemsize != 1 or view.ndim != 1:
                 view = view.cast("B")
-        return await self._wait_writable(sock.fileno(), _sendall_ready, sock, view, [n])
+        return await self._wait(sock.fileno(), True, _sendall_ready, sock, view, [n])
 
     async def sock_sendto(self, sock, data, address):
         """Send a datagram to address; return the number of bytes sent."""
@@ -276,7 +254,7 @@ class SocketMethods(DnsMethods):
             return sock.sendto(data, address)
         except _RETRY:
             pass
-        return await self._retry_when_writable(sock, "sendto", data, 0, address)
+        return await self._retry(sock, True, "sendto", data, 0, address)
 
     # ---- connecting and accepting ------------------------------------------------
 
@@ -297,7 +275,7 @@ class SocketMethods(DnsMethods):
             # EINPROGRESS, or EINTR: the connection goes on in the background
             # either way; writability tells when it is done.
             pass
-        return await self._wait_writable(sock.fileno(), _connect_ready, sock, address)
+        return await self._wait(sock.fileno(), True, _connect_ready, sock, address)
 
     async def sock_accept(self, sock):
         """Accept a connection: (conn, address), conn non-blocking."""
@@ -311,10 +289,10 @@ class SocketMethods(DnsMethods):
         else:
             conn.setblocking(False)
             return conn, address
-        return await self._wait_readable(sock.fileno(), _accept_ready, sock)
+        return await self._wait(sock.fileno(), False, _accept_ready, sock)
 
     async def _sock_wait_writable(self, fd):
-        await self._wait_writable(fd, _writable)
+        await self._wait(fd, True, _writable)
 
     # ---- sendfile --------------------------------------------------------------
 
