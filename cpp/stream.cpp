@@ -114,6 +114,11 @@ int StreamTransport::fileno() const noexcept {
 
 bool StreamTransport::set_protocol(PyObject* protocol) {
   Ref data_received, get_buffer, buffer_updated, eof_received;
+  if (write_only_) {
+    Py_XSETREF(protocol_, Py_NewRef(protocol));
+    protocol_connected_ = true;
+    return true;
+  }
   int buffered = PyObject_IsInstance(protocol, g_hooks.buffered_protocol_type);
   if (buffered < 0) return false;
   if (buffered == 1) {
@@ -209,7 +214,9 @@ void StreamTransport::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* /*b
     restore_exception(std::exchange(self->alloc_error_, nullptr));
     self->protocol_call_failed("Fatal error: protocol.get_buffer() call failed.");
   } else if (nread < 0) {
-    self->fatal_uv_error(static_cast<int>(nread), "Fatal read error on socket transport");
+    self->fatal_uv_error(static_cast<int>(nread), self->pipe_mode_
+                                                      ? "Fatal read error on pipe transport"
+                                                      : "Fatal read error on socket transport");
   }
 }
 
@@ -231,6 +238,13 @@ void StreamTransport::read_data(ssize_t nread) {
 }
 
 void StreamTransport::read_eof() {
+  if (pipe_mode_) {
+    // As unix_events' read pipe: eof_received in a callback of its own, and
+    // the transport closes whatever it returns.
+    if (!loop_->call_soon(py_loop_, eof_received_, nullptr, 0)) PyErr_WriteUnraisable(self_ref_);
+    close();
+    return;
+  }
   Ref keep_open(PyObject_CallNoArgs(eof_received_));
   if (!keep_open) {
     protocol_call_failed("Fatal error: protocol.eof_received() call failed.");
@@ -249,6 +263,9 @@ void StreamTransport::read_eof() {
 
 size_t StreamTransport::write_buffer_size() const noexcept {
   const auto* s = reinterpret_cast<const uv_stream_t*>(&handle_);
+  // Once the connection is lost (abort(), a fatal error), a write still in
+  // libuv's hands is discarded data, as asyncio's buffer is cleared then.
+  if (conn_lost_ != 0) return queued_bytes_;
   return queued_bytes_ + (handle_open_ ? s->write_queue_size : 0);
 }
 
@@ -288,7 +305,7 @@ bool StreamTransport::write(PyObject* data) {
       if (n >= 0) {
         sent = static_cast<size_t>(n);
       } else if (n != UV_EAGAIN) {
-        fatal_uv_error(n, "Fatal write error on socket transport");
+        fatal_uv_error(n, write_error_message());
         return true;
       }
     }
@@ -340,7 +357,7 @@ void StreamTransport::flush_queue() {
       uv_write(&write_req_, stream(), bufs.data(), static_cast<unsigned>(bufs.size()), on_write);
   if (err < 0) {
     release_chunks(in_flight_);
-    fatal_uv_error(err, "Fatal write error on socket transport");
+    fatal_uv_error(err, write_error_message());
     return;
   }
   writing_ = true;
@@ -353,7 +370,7 @@ void StreamTransport::on_write(uv_write_t* req, int status) noexcept {
   self->release_chunks(self->in_flight_);
   if (status == UV_ECANCELED) return;  // the handle is closing
   if (status < 0) {
-    self->fatal_uv_error(status, "Fatal write error on socket transport");
+    self->fatal_uv_error(status, self->write_error_message());
     return;
   }
   if (!self->queued_.empty()) {
@@ -376,6 +393,10 @@ void StreamTransport::after_write() {
 }
 
 bool StreamTransport::write_eof() {
+  if (pipe_mode_) {
+    close();  // a pipe has no half-close: the fd closes once the buffer drains
+    return true;
+  }
   if (closing_ || eof_written_) return true;
   eof_written_ = true;
   if (!writing_ && queued_.empty()) shutdown_now();

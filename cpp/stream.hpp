@@ -79,6 +79,14 @@ class StreamTransport : public LoopResource {
   void set_socket(PyObject* sock) { Py_XSETREF(sock_, Py_XNewRef(sock)); }
   PyObject* socket_obj() const noexcept { return sock_; }
   void set_server(PyObject* server) { Py_XSETREF(server_, Py_XNewRef(server)); }
+  // A pipe, FIFO or tty (asyncio's unix_events pipe transports): end of input
+  // always closes the transport, write_eof() closes the fd after the buffer
+  // drains (no half-close on a pipe), and errors name a pipe transport. A
+  // write-only pipe's protocol need not have the read callbacks.
+  void set_pipe_mode(bool write_only) noexcept {
+    pipe_mode_ = true;
+    write_only_ = write_only;
+  }
   PyObject* server() const noexcept { return server_; }
   PyObject* py_loop() const noexcept { return py_loop_; }
 
@@ -105,6 +113,10 @@ class StreamTransport : public LoopResource {
   void call_flow_control(const char* method, const char* message);
   void fatal_error(PyObject* exc, const char* message);
   void fatal_uv_error(int err, const char* message);
+  const char* write_error_message() const noexcept {
+    return pipe_mode_ ? "Fatal write error on pipe transport"
+                      : "Fatal write error on socket transport";
+  }
   // The current exception (set by a failed protocol call): SystemExit and
   // KeyboardInterrupt leave the loop, anything else is a fatal error.
   void protocol_call_failed(const char* message);
@@ -153,6 +165,8 @@ class StreamTransport : public LoopResource {
   bool protocol_paused_ = false;
   bool protocol_connected_ = false;
   bool lost_scheduled_ = false;
+  bool pipe_mode_ = false;
+  bool write_only_ = false;
 };
 
 }  // namespace fastloop

@@ -152,6 +152,8 @@ void register_stream(py::module_& m) {
           },
           py::arg("high") = py::none(), py::arg("low") = py::none())
       .def("_start_reading", [](py::handle self) { transport(self).start_reading(); })
+      .def("_set_pipe_mode",
+           [](py::handle self, bool write_only) { transport(self).set_pipe_mode(write_only); })
       .def("_call_connection_lost",
            [](py::handle self, py::handle exc) {
              check(transport(self).call_connection_lost(exc.is_none() ? nullptr : exc.ptr()));

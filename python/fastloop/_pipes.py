@@ -1,30 +1,191 @@
-"""Pipes and subprocesses: asyncio's own transports, on fastloop's fd watchers.
+"""Pipe transports: connect_read_pipe / connect_write_pipe on the native stream.
 
-connect_read_pipe, connect_write_pipe, subprocess_exec and subprocess_shell
-are asyncio's methods, and the transports they make are asyncio's Unix pipe
-and subprocess transports (unix_events). These watch their fds through the
-loop's private _add_reader/_add_writer, which fastloop provides with
-asyncio's signatures, and learn of exits through the policy's child
-watcher. Behaviour is therefore asyncio's; the data path is Python's.
+The data path is the same native transport as TCP and Unix sockets
+(cpp/stream.*) on a libuv pipe handle, in its pipe mode: end of input always
+closes, write_eof() closes once the buffer drains, errors name a pipe.
+Behaviour follows asyncio's unix_events pipe transports: the fd must be a
+pipe, FIFO, socket or character device; connection_lost comes once; the pipe
+object is closed after it.
+
+libuv works on a duplicate of the pipe's fd and closes it; the pipe object
+keeps its own fd, which the write side watches for readability: on a pipe or
+socket, that means the reader has gone (asyncio's trick, kept here).
 """
 
 from __future__ import annotations
 
-from asyncio import base_events, unix_events
+import os
+import stat
+from asyncio import base_events, transports
+
+from . import _core
 
 _Base = base_events.BaseEventLoop
-_Unix = unix_events._UnixSelectorEventLoop
+
+
+def _pipe_fd(pipe, message: str) -> tuple[int, int]:
+    """The pipe's fd and its mode; ValueError unless a pipe, socket or tty."""
+    fileno = pipe.fileno()
+    mode = os.fstat(fileno).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        raise ValueError(message)
+    return fileno, mode
+
+
+class _PipeTransport:
+    """What the read and write pipe transports share: the native object."""
+
+    _NATIVE_METHODS: tuple[str, ...] = ()
+
+    _WRITE_ONLY = False
+
+    def _open_native(self, loop, pipe, fileno, protocol, waiter):
+        native = self._native = _core.StreamTransport(loop, "pipe")
+        for name in self._NATIVE_METHODS:
+            setattr(self, name, getattr(native, name))
+        native._adopt(self)
+        native._set_pipe_mode(self._WRITE_ONLY)
+        self._pipe = pipe
+        self._fileno = fileno
+        try:
+            native._open(os.dup(fileno))
+        except BaseException:
+            native._call_connection_lost(None)  # closes the handle
+            self._pipe = None
+            raise
+        native.set_protocol(protocol)
+        loop.call_soon(protocol.connection_made, self)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def get_protocol(self):
+        return self._native.get_protocol()
+
+    def set_protocol(self, protocol):
+        self._native.set_protocol(protocol)
+
+    def is_closing(self):
+        return self._native.is_closing()
+
+    def _call_connection_lost(self, exc):
+        """The protocol's connection_lost(exc), then the pipe is closed (as asyncio)."""
+        try:
+            self._native._call_connection_lost(exc)
+        finally:
+            pipe, self._pipe = self._pipe, None
+            if pipe is not None:
+                pipe.close()
+
+    def __repr__(self):
+        # asyncio's shape. A loop that closed under an open transport closed
+        # its handle, but the transport was never closed: still "open".
+        info = [type(self).__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self.is_closing() and not self._loop.is_closed():
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        info.append("closed" if self._pipe is None else "open")
+        return "<{}>".format(" ".join(info))
+
+
+class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+    """asyncio's read pipe transport (unix_events._UnixReadPipeTransport)."""
+
+    _NATIVE_METHODS = ("close", "is_reading", "pause_reading", "resume_reading")
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        fileno, _ = _pipe_fd(pipe, "Pipe transport is for pipes/sockets only.")
+        self._open_native(loop, pipe, fileno, protocol, waiter)
+        loop.call_soon(self._native._start_reading)
+
+    def abort(self):
+        self._native._force_close(None)
+
+    def _force_close(self, exc):
+        self._native._force_close(exc)
+
+
+class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):
+    """asyncio's write pipe transport (unix_events._UnixWritePipeTransport)."""
+
+    _WRITE_ONLY = True
+    _NATIVE_METHODS = (
+        "write",
+        "writelines",
+        "write_eof",
+        "close",
+        "get_write_buffer_size",
+        "get_write_buffer_limits",
+        "set_write_buffer_limits",
+    )
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra, loop)
+        self._extra["pipe"] = pipe
+        fileno, mode = _pipe_fd(
+            pipe, "Pipe transport is only for pipes, sockets and character devices"
+        )
+        self._watching_peer = False
+        self._open_native(loop, pipe, fileno, protocol, waiter)
+        # Readable means the reader has gone, on a pipe or a socket (a tty
+        # would deliver input instead, so it is not watched).
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            self._watching_peer = True
+            loop.call_soon(self._watch_peer)
+
+    def _watch_peer(self):
+        if self._watching_peer and self._pipe is not None:
+            self._loop._add_reader(self._fileno, self._peer_gone)
+
+    def _stop_watching_peer(self):
+        if self._watching_peer:
+            self._watching_peer = False
+            self._loop._remove_reader(self._fileno)
+
+    def _peer_gone(self):
+        self._stop_watching_peer()
+        self._native._force_close(BrokenPipeError() if self.get_write_buffer_size() else None)
+
+    def can_write_eof(self):
+        return True
+
+    def abort(self):
+        self._native._force_close(None)
+
+    def _force_close(self, exc):
+        self._native._force_close(exc)
+
+    def _call_connection_lost(self, exc):
+        self._stop_watching_peer()
+        super()._call_connection_lost(exc)
+
+    # _FlowControlMixin keeps this in a slot; the native side owns the state.
+    @property
+    def _protocol_paused(self):
+        return self._native._protocol_paused()
+
+    @_protocol_paused.setter
+    def _protocol_paused(self, value):
+        pass  # _FlowControlMixin.__init__ sets it; the native state wins
+
+
+def _set_result_unless_cancelled(fut, result):
+    if not fut.cancelled():
+        fut.set_result(result)
 
 
 class PipeMethods:
-    """connect_read_pipe / connect_write_pipe and subprocesses."""
+    """connect_read_pipe / connect_write_pipe: asyncio's, making our transports."""
 
     connect_read_pipe = _Base.connect_read_pipe
     connect_write_pipe = _Base.connect_write_pipe
-    _make_read_pipe_transport = _Unix._make_read_pipe_transport
-    _make_write_pipe_transport = _Unix._make_write_pipe_transport
-    subprocess_exec = _Base.subprocess_exec
-    subprocess_shell = _Base.subprocess_shell
-    _log_subprocess = _Base._log_subprocess
-    _make_subprocess_transport = _Unix._make_subprocess_transport
-    _child_watcher_callback = _Unix._child_watcher_callback
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
