@@ -81,7 +81,18 @@ void Loop::defer_exception(PyObject* exc) noexcept {
   uv_stop(&uv_);
 }
 
+void Loop::detach_from_parent() noexcept {
+  if (!forked_) return;
+  forked_ = false;
+  if (uv_open_ && uv_loop_fork(&uv_) != 0) {
+    // Without a loop of its own, the child must not touch the parent's epoll:
+    // leave the libuv loop unclosed (the process image ends with it).
+    uv_open_ = false;
+  }
+}
+
 void Loop::poll_io(bool may_block) {
+  detach_from_parent();
   watchers_.stop_closed_fds();
   if (!may_block) {
     uv_run(&uv_, UV_RUN_NOWAIT);
@@ -204,6 +215,7 @@ bool Loop::run_forever(PyObject* self) {
 void Loop::close() {
   if (closed_) return;
   closed_ = true;
+  detach_from_parent();
   clear_references();
   // Close the transports and listeners still open; their close callbacks
   // run below. (asyncio's close() leaves sockets to their own __del__.)

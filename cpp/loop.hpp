@@ -81,6 +81,14 @@ class Loop {
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
 
+  // ---- fork ----
+  // Called in the child of a fork (os.register_at_fork): the libuv loop's
+  // epoll instance and wake-up eventfd are still the parent's, so before
+  // this copy next polls or closes anything, it gets kernel state of its own
+  // (uv_loop_fork). Deferred to then, because the fork may have happened
+  // inside one of libuv's callbacks.
+  void after_fork() noexcept { forked_ = true; }
+
   // ---- state ----
   bool closed() const noexcept { return closed_; }
   bool running() const noexcept { return thread_id_ != 0; }
@@ -148,6 +156,7 @@ class Loop {
   bool run_once();
   // Could a poll deliver anything: an fd watcher, a transport, a request?
   bool has_io_sources() const noexcept;
+  void detach_from_parent() noexcept;
   void poll_io(bool may_block);
   bool run_ready_in_debug(HandleObject* h);
   static void on_wakeup(uv_async_t* async) noexcept;
@@ -168,6 +177,7 @@ class Loop {
   PyObject* task_factory_ = nullptr;
   unsigned long thread_id_ = 0;
   bool closed_ = false;
+  bool forked_ = false;  // see after_fork()
   bool stopping_ = false;
   bool debug_ = false;
   bool sleeping_ = false;  // in a blocking poll; read and written with the GIL held

@@ -307,6 +307,7 @@ void register_loop(py::module_& m) {
       .def("is_running", [](py::handle self) { return core(self).running(); })
       .def("is_closed", [](py::handle self) { return core(self).closed(); })
       .def("_close", [](py::handle self) { core(self).close(); })
+      .def("_after_fork", [](py::handle self) { core(self).after_fork(); })
       .def("_set_debug", [](py::handle self, bool on) { core(self).set_debug(on); })
       .def(
           "_add_callback",

@@ -8,5 +8,6 @@ namespace fastloop {
 void register_loop(pybind11::module_& m);
 void register_hooks(pybind11::module_& m);
 void register_stream(pybind11::module_& m);
+void register_spawn(pybind11::module_& m);
 
 }  // namespace fastloop

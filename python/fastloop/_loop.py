@@ -15,6 +15,7 @@ import concurrent.futures
 import errno
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from ._datagram import DatagramMethods
 from ._network import NetworkMethods
 from ._pipes import PipeMethods
 from ._sockets import SocketMethods
+from ._subprocess import SubprocessMethods
 
 # asyncio's own logger: logging set up for asyncio sees fastloop's reports.
 logger = logging.getLogger("asyncio")
@@ -155,6 +157,7 @@ class Loop(
     DatagramMethods,
     NetworkMethods,
     PipeMethods,
+    SubprocessMethods,
     _core.Loop,
     asyncio.AbstractEventLoop,
 ):
@@ -175,9 +178,11 @@ class Loop(
         self._watched_writers = {}
         self._listeners = {}  # listening fd -> _transports.Listener
         self._transports = weakref.WeakValueDictionary()  # fd -> open stream transport
+        self._subprocesses = {}  # pid -> SubprocessTransport whose child has not exited
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
+        _LIVE_LOOPS.add(self)
 
     def __repr__(self):
         return (
@@ -273,6 +278,7 @@ class Loop(
         self._watched_readers.clear()
         self._watched_writers.clear()
         self._listeners.clear()  # the core closes them with the loop
+        self._orphan_subprocesses()
         self._close()
         if executor is not None:
             executor.shutdown(wait=False)
@@ -620,6 +626,35 @@ class Loop(
             self.remove_signal_handler(sig)
         else:
             self._add_callback(handle)
+
+
+# Every loop not yet garbage-collected, for the fork hook below.
+_LIVE_LOOPS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    """In a forked child: no loop keeps using the parent's kernel objects.
+
+    Each loop gets an epoll instance of its own before it next polls or
+    closes (the core's after_fork), so nothing the child does with a copied
+    loop, closing it included, changes the parent's. Python's signal wake-up
+    fd, if it is a loop's, is reset: it is the write end of a socket pair the
+    parent's loop reads. A new loop in the child starts from scratch.
+    """
+    wakeup_fds = set()
+    for loop in list(_LIVE_LOOPS):
+        loop._after_fork()
+        if not loop.is_closed():
+            wakeup_fds.add(loop._signal_wakeup_fd)
+    try:
+        current = signal.set_wakeup_fd(-1)
+        if current not in wakeup_fds:
+            signal.set_wakeup_fd(current)
+    except (ValueError, OSError):  # not the main thread
+        pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _resolve_unless_done(fut, setter, value):
