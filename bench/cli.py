@@ -18,8 +18,8 @@ def _names(value: str) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmarks of asyncio event loops, side by side: micro-benchmarks "
-        "and echo servers under a C load generator.",
+        description="Benchmarks of asyncio event loops, side by side: micro-benchmarks, "
+        "subprocesses, and echo servers under a C load generator.",
     )
     parser.add_argument(
         "--loops",
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=_names,
         default=None,
-        help="comma-separated benchmark names, group names (micro, echo) or globs "
+        help="comma-separated benchmark names, group names (micro, proc, echo) or globs "
         "('echo_*_tcp'); default: all; see --list",
     )
     parser.add_argument(
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=None,
-        help="samples per cell (default: 5 micro, 3 echo; 1 with --quick)",
+        help="samples per cell (default: the row's, 5; 9 for the pipe_* rows; 1 with --quick)",
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds one sample may take (default 120)"

@@ -12,8 +12,9 @@ JSON/Markdown and the plot are driven by this list.
 
 Two kinds of rows:
 
-- in-process (group ``micro``): ``func(loop, n, **params)`` runs on a loop the
-  worker made, once at a tenth of ``n`` as a warm-up, then timed; ``n`` counts ops.
+- in-process (groups ``micro`` and ``proc``): ``func(loop, n, **params)`` runs on
+  a loop the worker made, once at a tenth of ``n`` as a warm-up, then timed; ``n``
+  counts ops (processes; MiB for the pipe rows, whose child is sized by ``n``).
 - drivers (group ``echo``): ``func(loop_name, n, **params)`` starts the loop under
   test in a process of its own (an echo server) and loads it from outside; the
   worker makes no loop. ``n`` is the timed span in milliseconds; the driver does
@@ -64,7 +65,7 @@ CEILING = "libuv-C"
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    group: str  # "micro", "echo"; later "proc"
+    group: str  # "micro", "proc", "echo"
     func: str  # "module:function", imported in the worker only
     n: int  # work size of a full run (for a driver: the timed span in ms)
     unit: str  # what one operation is, for the README and the Markdown
@@ -88,7 +89,8 @@ class Benchmark:
         n = self.size(quick)
         if self.driver:
             return f"{n / 1000:g} s timed"
-        return f"{n:,} {self.unit}s"
+        plural = {"MiB": "MiB", "process": "processes"}.get(self.unit, f"{self.unit}s")
+        return f"{n:,} {plural}"
 
     def all_targets(self) -> tuple[Target, ...]:
         if self.runs_on:
@@ -97,6 +99,9 @@ class Benchmark:
 
 
 TWICE_ASYNCIO = Target("asyncio", 2.0)
+AT_LEAST_ASYNCIO = Target("asyncio", 1.0)
+PROC_CONCURRENCY = 16  # children in flight in the spawn_* rows
+PIPE_REPEAT = 9  # the pipe_* rows swing 2-3x between samples: bench/README.md
 
 BENCHMARKS: list[Benchmark] = [
     Benchmark(
@@ -192,8 +197,54 @@ BENCHMARKS: list[Benchmark] = [
         doc="TLS streams: 1 MiB writes with drain() one way, both ends on the loop",
         quick_n=4,
     ),
-    # Subprocesses plug in here (group "proc"): spawn rate and pipe throughput,
-    # e.g. Benchmark("subprocess_spawn", "proc", "bench.proc:spawn", ...).
+    # Subprocesses (group "proc"): spawn rate and pipe throughput, in-process like
+    # the micro rows. Issue: fastloop at least the best of asyncio and uvloop.
+    Benchmark(
+        "spawn_exit",
+        "proc",
+        "bench.proc:spawn_exit",
+        n=600,
+        unit="process",
+        doc=f"create_subprocess_exec(`true`, stdio to /dev/null) + wait(), "
+        f"{PROC_CONCURRENCY} in flight",
+        params={"concurrency": PROC_CONCURRENCY},
+        targets=(AT_LEAST_ASYNCIO,),
+        quick_n=40,
+    ),
+    Benchmark(
+        "spawn_pipe_communicate",
+        "proc",
+        "bench.proc:spawn_pipe_communicate",
+        n=300,
+        unit="process",
+        doc=f"`cat` with stdin/stdout piped: communicate(1 KiB), echo checked, "
+        f"{PROC_CONCURRENCY} in flight",
+        params={"concurrency": PROC_CONCURRENCY},
+        targets=(AT_LEAST_ASYNCIO,),
+        quick_n=30,
+    ),
+    Benchmark(
+        "pipe_read_throughput",
+        "proc",
+        "bench.proc:pipe_read_throughput",
+        n=512,
+        unit="MiB",
+        doc="`head -c n MiB /dev/zero` read from proc.stdout with read(64 KiB) until EOF",
+        targets=(AT_LEAST_ASYNCIO,),
+        quick_n=32,
+        repeat=PIPE_REPEAT,
+    ),
+    Benchmark(
+        "pipe_write_throughput",
+        "proc",
+        "bench.proc:pipe_write_throughput",
+        n=384,
+        unit="MiB",
+        doc="proc.stdin.write(64 KiB) + drain() to `wc -c`, n MiB; its count checked",
+        targets=(AT_LEAST_ASYNCIO,),
+        quick_n=32,
+        repeat=PIPE_REPEAT,
+    ),
 ]
 
 # Echo throughput (group "echo"): a server in one of four styles on the loop
@@ -213,7 +264,6 @@ ECHO_CONNECTIONS = 10  # why 10: bench/README.md
 ECHO_MS = 1000  # timed span of one sample (after a warm-up of a quarter of it, 0.25 s at most)
 ECHO_QUICK_MS = 150
 ECHO_REPEAT = 5  # why 5, not 3: bench/README.md ("Sample length and repeats")
-AT_LEAST_ASYNCIO = Target("asyncio", 1.0)
 
 for _transport in ECHO_TRANSPORTS:
     for _label, _size in ECHO_SIZES.items():
@@ -264,6 +314,7 @@ ACCEPTANCE = (
 
 GROUP_TITLES: dict[str, str] = {
     "micro": "micro-benchmarks (ops/s)",
+    "proc": "subprocesses (processes/s; MiB/s on the pipe_* rows)",
     "echo": f"echo servers (requests/s; {ECHO_CONNECTIONS} connections, request/response)",
 }
 

@@ -1,0 +1,157 @@
+"""Subprocesses: spawn rate and pipe throughput, through asyncio.create_subprocess_exec.
+
+Each function runs on the loop under test (new, not running) like the micro rows,
+and every child is reaped (its ``wait()`` returned) before the function returns,
+so the warm-up run leaves nothing behind for the timed one. The children are
+small coreutils programs found once, by absolute path, at import: a row whose
+program is missing raises ``Skip``. What a child prints or exits with is
+checked, so a run that went wrong raises instead of counting.
+
+The timed span includes the loop's whole share: fork/exec (or posix_spawn), the
+child watcher (asyncio's default watcher starts a thread per child on 3.11;
+libuv uses SIGCHLD), the pipe transports and the StreamReader/StreamWriter on
+top of them. The children themselves cost the same on every loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from asyncio.subprocess import DEVNULL, PIPE
+from time import perf_counter
+
+from bench.registry import Measurement, Skip
+
+TRUE = shutil.which("true")
+CAT = shutil.which("cat")
+HEAD = shutil.which("head")
+WC = shutil.which("wc")
+
+MIB = 1 << 20
+CHUNK = 65536  # bytes per read() / write() of the pipe rows
+PAYLOAD = bytes(range(256)) * 4  # 1 KiB, for spawn_pipe_communicate
+
+
+def _need(name: str, path: str | None) -> str:
+    if path is None:
+        raise Skip(f"`{name}` not found on PATH")
+    return path
+
+
+async def _bounded(n: int, concurrency: int, one) -> None:
+    """Run `one()` n times, at most `concurrency` at a time.
+
+    `concurrency` tasks each take the next unit from a shared counter until
+    none is left: no semaphore and no task per unit, so the harness adds the
+    same few operations per process on every loop.
+    """
+    remaining = n
+
+    async def puller() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await one()
+
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*[loop.create_task(puller()) for _ in range(min(concurrency, n))])
+
+
+def spawn_exit(loop: asyncio.AbstractEventLoop, n: int, concurrency: int = 16) -> Measurement:
+    """n runs of `true` (stdin, stdout, stderr to /dev/null), `concurrency` in flight."""
+    true = _need("true", TRUE)
+    done = 0
+
+    async def one() -> None:
+        nonlocal done
+        proc = await asyncio.create_subprocess_exec(
+            true, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL
+        )
+        if await proc.wait() != 0:
+            raise AssertionError(f"`true` exited with {proc.returncode}")
+        done += 1
+
+    start = perf_counter()
+    loop.run_until_complete(_bounded(n, concurrency, one))
+    seconds = perf_counter() - start
+    if done != n:
+        raise AssertionError(f"processes run: expected {n}, got {done}")
+    return Measurement(n, seconds)
+
+
+def spawn_pipe_communicate(
+    loop: asyncio.AbstractEventLoop, n: int, concurrency: int = 16
+) -> Measurement:
+    """n runs of `cat` with stdin and stdout piped: communicate(1 KiB), output checked."""
+    cat = _need("cat", CAT)
+    done = 0
+
+    async def one() -> None:
+        nonlocal done
+        proc = await asyncio.create_subprocess_exec(cat, stdin=PIPE, stdout=PIPE, stderr=DEVNULL)
+        out, _ = await proc.communicate(PAYLOAD)
+        if out != PAYLOAD:
+            raise AssertionError(f"`cat` echoed {len(out)} other bytes")
+        if proc.returncode != 0:
+            raise AssertionError(f"`cat` exited with {proc.returncode}")
+        done += 1
+
+    start = perf_counter()
+    loop.run_until_complete(_bounded(n, concurrency, one))
+    seconds = perf_counter() - start
+    if done != n:
+        raise AssertionError(f"processes run: expected {n}, got {done}")
+    return Measurement(n, seconds)
+
+
+def pipe_read_throughput(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
+    """`head -c n MiB /dev/zero` into the parent's StreamReader, read(64 KiB) to EOF (ops: MiB)."""
+    head = _need("head", HEAD)
+    expected = n * MIB
+
+    async def main() -> tuple[int, float]:
+        start = perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            head, "-c", str(expected), "/dev/zero", stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL
+        )
+        total = 0
+        while data := await proc.stdout.read(CHUNK):
+            total += len(data)
+        rc = await proc.wait()
+        seconds = perf_counter() - start
+        if rc != 0:
+            raise AssertionError(f"`head` exited with {rc}")
+        return total, seconds
+
+    total, seconds = loop.run_until_complete(main())
+    if total != expected:
+        raise AssertionError(f"bytes read: expected {expected}, got {total}")
+    return Measurement(n, seconds)
+
+
+def pipe_write_throughput(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
+    """The parent writes n MiB in 64 KiB write() + drain() to `wc -c`, which counts them."""
+    wc = _need("wc", WC)
+    chunk = bytes(CHUNK)
+    chunks = n * MIB // CHUNK
+
+    async def main() -> tuple[bytes, float]:
+        start = perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            wc, "-c", stdin=PIPE, stdout=PIPE, stderr=DEVNULL
+        )
+        for _ in range(chunks):
+            proc.stdin.write(chunk)
+            await proc.stdin.drain()
+        proc.stdin.close()
+        out = await proc.stdout.read()
+        rc = await proc.wait()
+        seconds = perf_counter() - start
+        if rc != 0:
+            raise AssertionError(f"`wc` exited with {rc}")
+        return out, seconds
+
+    out, seconds = loop.run_until_complete(main())
+    if out.strip() != str(n * MIB).encode():
+        raise AssertionError(f"`wc -c` counted {out.strip()!r} bytes, expected {n * MIB}")
+    return Measurement(n, seconds)
