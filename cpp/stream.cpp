@@ -146,7 +146,7 @@ void StreamTransport::start_reading() {
   if (!is_reading() || reading_ || !handle_open_) return;
   const int err = uv_read_start(stream(), on_alloc, on_read);
   if (err < 0) {
-    fatal_uv_error(err, "Fatal read error on socket transport");
+    fatal_uv_error(err, read_error_message());
     return;
   }
   reading_ = true;
@@ -214,9 +214,7 @@ void StreamTransport::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* /*b
     restore_exception(std::exchange(self->alloc_error_, nullptr));
     self->protocol_call_failed("Fatal error: protocol.get_buffer() call failed.");
   } else if (nread < 0) {
-    self->fatal_uv_error(static_cast<int>(nread), self->pipe_mode_
-                                                      ? "Fatal read error on pipe transport"
-                                                      : "Fatal read error on socket transport");
+    self->fatal_uv_error(static_cast<int>(nread), self->read_error_message());
   }
 }
 

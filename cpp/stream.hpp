@@ -113,6 +113,10 @@ class StreamTransport : public LoopResource {
   void call_flow_control(const char* method, const char* message);
   void fatal_error(PyObject* exc, const char* message);
   void fatal_uv_error(int err, const char* message);
+  const char* read_error_message() const noexcept {
+    return pipe_mode_ ? "Fatal read error on pipe transport"
+                      : "Fatal read error on socket transport";
+  }
   const char* write_error_message() const noexcept {
     return pipe_mode_ ? "Fatal write error on pipe transport"
                       : "Fatal write error on socket transport";

@@ -18,14 +18,11 @@ import stat
 import warnings
 from asyncio import constants, transports, trsock
 
+from ._transports import _set_result_unless_cancelled
+
 logger = logging.getLogger("asyncio")
 
 _RETRY = (BlockingIOError, InterruptedError)
-
-
-def _set_result_unless_cancelled(fut, result):
-    if not fut.cancelled():
-        fut.set_result(result)
 
 
 def _set_reuseport(sock):

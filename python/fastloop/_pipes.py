@@ -19,6 +19,7 @@ import stat
 from asyncio import base_events, transports
 
 from . import _core
+from ._transports import _set_result_unless_cancelled
 
 _Base = base_events.BaseEventLoop
 
@@ -35,8 +36,15 @@ def _pipe_fd(pipe, message: str) -> tuple[int, int]:
 class _PipeTransport:
     """What the read and write pipe transports share: the native object."""
 
-    _NATIVE_METHODS: tuple[str, ...] = ()
-
+    # Bound onto each instance, as for stream transports; the subclasses add theirs.
+    _NATIVE_METHODS = (
+        "close",
+        "abort",
+        "_force_close",
+        "is_closing",
+        "get_protocol",
+        "set_protocol",
+    )
     _WRITE_ONLY = False
 
     def _open_native(self, loop, pipe, fileno, protocol, waiter):
@@ -47,9 +55,11 @@ class _PipeTransport:
         native._set_pipe_mode(self._WRITE_ONLY)
         self._pipe = pipe
         self._fileno = fileno
+        fd = os.dup(fileno)
         try:
-            native._open(os.dup(fileno))
+            native._open(fd)
         except BaseException:
+            os.close(fd)  # libuv did not take it
             native._call_connection_lost(None)  # closes the handle
             self._pipe = None
             raise
@@ -57,15 +67,6 @@ class _PipeTransport:
         loop.call_soon(protocol.connection_made, self)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
-
-    def get_protocol(self):
-        return self._native.get_protocol()
-
-    def set_protocol(self, protocol):
-        self._native.set_protocol(protocol)
-
-    def is_closing(self):
-        return self._native.is_closing()
 
     def _call_connection_lost(self, exc):
         """The protocol's connection_lost(exc), then the pipe is closed (as asyncio)."""
@@ -92,7 +93,12 @@ class _PipeTransport:
 class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     """asyncio's read pipe transport (unix_events._UnixReadPipeTransport)."""
 
-    _NATIVE_METHODS = ("close", "is_reading", "pause_reading", "resume_reading")
+    _NATIVE_METHODS = (
+        *_PipeTransport._NATIVE_METHODS,
+        "is_reading",
+        "pause_reading",
+        "resume_reading",
+    )
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
@@ -102,22 +108,16 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._open_native(loop, pipe, fileno, protocol, waiter)
         loop.call_soon(self._native._start_reading)
 
-    def abort(self):
-        self._native._force_close(None)
-
-    def _force_close(self, exc):
-        self._native._force_close(exc)
-
 
 class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):
     """asyncio's write pipe transport (unix_events._UnixWritePipeTransport)."""
 
     _WRITE_ONLY = True
     _NATIVE_METHODS = (
+        *_PipeTransport._NATIVE_METHODS,
         "write",
         "writelines",
         "write_eof",
-        "close",
         "get_write_buffer_size",
         "get_write_buffer_limits",
         "set_write_buffer_limits",
@@ -148,16 +148,10 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
 
     def _peer_gone(self):
         self._stop_watching_peer()
-        self._native._force_close(BrokenPipeError() if self.get_write_buffer_size() else None)
+        self._force_close(BrokenPipeError() if self.get_write_buffer_size() else None)
 
     def can_write_eof(self):
         return True
-
-    def abort(self):
-        self._native._force_close(None)
-
-    def _force_close(self, exc):
-        self._native._force_close(exc)
 
     def _call_connection_lost(self, exc):
         self._stop_watching_peer()
@@ -171,11 +165,6 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
     @_protocol_paused.setter
     def _protocol_paused(self, value):
         pass  # _FlowControlMixin.__init__ sets it; the native state wins
-
-
-def _set_result_unless_cancelled(fut, result):
-    if not fut.cancelled():
-        fut.set_result(result)
 
 
 class PipeMethods:

@@ -382,7 +382,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
         self._exited(_exit_code(self._proc.pid, self._proc))
 
     def _wait_in_thread(self, loop, pid):
-        self._exited_in_watcher(pid, _exit_code(pid, None), loop=loop)
+        self._exited_in_watcher(pid, _exit_code(pid, self._proc), loop=loop)
 
     def _exited_in_watcher(self, pid, returncode, loop=None):
         """From a child watcher (any thread): hand the exit to the loop."""
