@@ -16,7 +16,10 @@ top of them. The children themselves cost the same on every loop.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
+from asyncio.streams import FlowControlMixin
 from asyncio.subprocess import DEVNULL, PIPE
 from time import perf_counter
 
@@ -130,28 +133,82 @@ def pipe_read_throughput(loop: asyncio.AbstractEventLoop, n: int) -> Measurement
 
 
 def pipe_write_throughput(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
-    """The parent writes n MiB in 64 KiB write() + drain() to `wc -c`, which counts them."""
+    """The parent writes n MiB in 64 KiB write() + drain() to `wc -c`, which counts them.
+
+    The child's stdin is whatever `PIPE` means on the loop under test: a pipe on
+    asyncio, rloop and fastloop, a Unix socketpair on uvloop.
+    """
     wc = _need("wc", WC)
-    chunk = bytes(CHUNK)
-    chunks = n * MIB // CHUNK
 
     async def main() -> tuple[bytes, float]:
         start = perf_counter()
         proc = await asyncio.create_subprocess_exec(
             wc, "-c", stdin=PIPE, stdout=PIPE, stderr=DEVNULL
         )
-        for _ in range(chunks):
-            proc.stdin.write(chunk)
-            await proc.stdin.drain()
+        await _write_mib(proc.stdin, n)
         proc.stdin.close()
-        out = await proc.stdout.read()
-        rc = await proc.wait()
-        seconds = perf_counter() - start
-        if rc != 0:
-            raise AssertionError(f"`wc` exited with {rc}")
-        return out, seconds
+        return await _count_and_time(proc, start)
 
-    out, seconds = loop.run_until_complete(main())
+    return _check_count(n, *loop.run_until_complete(main()))
+
+
+def fifo_write_throughput(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
+    """pipe_write_throughput into an os.pipe() made by the parent, on every loop.
+
+    The child gets the read end as its stdin (an fd); the parent writes through
+    `loop.connect_write_pipe`. Every loop writes into the same kernel object,
+    so the row compares the loops' write paths alone.
+    """
+    read_fd, write_fd = os.pipe()
+    return _write_into(loop, n, read_fd, open(write_fd, "wb", buffering=0))
+
+
+def socketpair_write_throughput(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
+    """fifo_write_throughput with a Unix socketpair, what uvloop gives children for PIPE."""
+    ours, theirs = socket.socketpair()
+    return _write_into(loop, n, theirs.detach(), ours)
+
+
+def _write_into(loop: asyncio.AbstractEventLoop, n: int, child_fd: int, ours) -> Measurement:
+    wc = _need("wc", WC)
+
+    async def main() -> tuple[bytes, float]:
+        start = perf_counter()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                wc, "-c", stdin=child_fd, stdout=PIPE, stderr=DEVNULL
+            )
+        finally:
+            os.close(child_fd)
+        transport, protocol = await loop.connect_write_pipe(FlowControlMixin, ours)
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        await _write_mib(writer, n)
+        writer.close()
+        return await _count_and_time(proc, start)
+
+    try:
+        return _check_count(n, *loop.run_until_complete(main()))
+    finally:
+        ours.close()  # a no-op once the transport has closed it
+
+
+async def _write_mib(writer: asyncio.StreamWriter, n: int) -> None:
+    chunk = bytes(CHUNK)
+    for _ in range(n * MIB // CHUNK):
+        writer.write(chunk)
+        await writer.drain()
+
+
+async def _count_and_time(proc: asyncio.subprocess.Process, start: float) -> tuple[bytes, float]:
+    out = await proc.stdout.read()
+    rc = await proc.wait()
+    seconds = perf_counter() - start
+    if rc != 0:
+        raise AssertionError(f"`wc` exited with {rc}")
+    return out, seconds
+
+
+def _check_count(n: int, out: bytes, seconds: float) -> Measurement:
     if out.strip() != str(n * MIB).encode():
         raise AssertionError(f"`wc -c` counted {out.strip()!r} bytes, expected {n * MIB}")
     return Measurement(n, seconds)

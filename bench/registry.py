@@ -101,7 +101,7 @@ class Benchmark:
 TWICE_ASYNCIO = Target("asyncio", 2.0)
 AT_LEAST_ASYNCIO = Target("asyncio", 1.0)
 PROC_CONCURRENCY = 16  # children in flight in the spawn_* rows
-PIPE_REPEAT = 9  # the pipe_* rows swing 2-3x between samples: bench/README.md
+PIPE_REPEAT = 9  # the *_throughput rows swing 2-3x between samples: bench/README.md
 
 BENCHMARKS: list[Benchmark] = [
     Benchmark(
@@ -245,6 +245,31 @@ BENCHMARKS: list[Benchmark] = [
         quick_n=32,
         repeat=PIPE_REPEAT,
     ),
+    # The same write, into a kernel object the parent makes, so that every loop
+    # writes into the same kind: what PIPE means differs (bench/README.md).
+    Benchmark(
+        "fifo_write_throughput",
+        "proc",
+        "bench.proc:fifo_write_throughput",
+        n=384,
+        unit="MiB",
+        doc="pipe_write_throughput into an os.pipe() given to `wc -c` as an fd, "
+        "written through connect_write_pipe",
+        targets=(AT_LEAST_ASYNCIO,),
+        quick_n=32,
+        repeat=PIPE_REPEAT,
+    ),
+    Benchmark(
+        "socketpair_write_throughput",
+        "proc",
+        "bench.proc:socketpair_write_throughput",
+        n=384,
+        unit="MiB",
+        doc="the same into a Unix socketpair (what uvloop gives children for PIPE)",
+        targets=(AT_LEAST_ASYNCIO,),
+        quick_n=32,
+        repeat=PIPE_REPEAT,
+    ),
 ]
 
 # Echo throughput (group "echo"): a server in one of four styles on the loop
@@ -314,7 +339,7 @@ ACCEPTANCE = (
 
 GROUP_TITLES: dict[str, str] = {
     "micro": "micro-benchmarks (ops/s)",
-    "proc": "subprocesses (processes/s; MiB/s on the pipe_* rows)",
+    "proc": "subprocesses (processes/s; MiB/s on the *_throughput rows)",
     "echo": f"echo servers (requests/s; {ECHO_CONNECTIONS} connections, request/response)",
 }
 
