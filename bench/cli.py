@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=None,
-        help="samples per cell (default: the row's, 5; 9 for the *_throughput rows; 1 with --quick)",
+        help="samples per cell (default: the row's, 5; 9 for the *_throughput rows; "
+        "1 with --quick)",
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds one sample may take (default 120)"
