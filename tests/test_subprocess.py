@@ -2,14 +2,14 @@
 loop.subprocess_exec / subprocess_shell.
 
 Covered: every stdin/stdout/stderr kind (PIPE, DEVNULL, STDOUT, an fd, a file object,
-None), communicate() and wait(), exit codes and deaths by signal, signalling an exited
-process, the Popen options asyncio passes through (cwd, env and the PATH lookup in it,
-executable, start_new_session, process_group, pass_fds, close_fds, restore_signals,
-preexec_fn, user/group, bufsize=0), asyncio's argument checks and
-spawn errors, the SubprocessTransport / SubprocessProtocol API and its callback order,
-exits while the loop is busy, a 500-process storm (every status collected, no zombie
-left), 64 MiB through a child's stdin and stdout, large stdout and stderr at once, and
-stdin flow control against a child that does not read.
+None; a PIPE is a FIFO the child can reopen as /dev/stdin), communicate() and wait(),
+exit codes and deaths by signal, signalling an exited process, the Popen options asyncio
+passes through (cwd, env and the PATH lookup in it, executable, start_new_session,
+process_group, pass_fds, close_fds, restore_signals, preexec_fn, user/group, bufsize=0),
+asyncio's argument checks and spawn errors, the SubprocessTransport / SubprocessProtocol
+API and its callback order, exits while the loop is busy, a 500-process storm (every
+status collected, no zombie left), 64 MiB through a child's stdin and stdout, large
+stdout and stderr at once, and stdin flow control against a child that does not read.
 """
 
 import asyncio
@@ -269,6 +269,30 @@ def test_stdin_pipe_only(loop):
         return proc.stdout, await proc.wait()
 
     assert run(loop, main()) == (None, 0)
+
+
+# The child checks what its PIPE stdio are, then reopens them by path, as `cat
+# /dev/stdin` or `tee /dev/stdout` do. Both need pipes: on a Unix socket the open
+# fails with ENXIO (what uvloop's socketpairs give, MagicStack/uvloop#505, #532).
+REOPEN_STDIO = """\
+import os, stat, sys
+kinds = ["fifo" if stat.S_ISFIFO(os.fstat(fd).st_mode) else "other" for fd in (0, 1, 2)]
+data = open("/dev/stdin", "rb").read()
+with open("/proc/self/fd/1", "wb") as out:
+    out.write(" ".join(kinds).encode() + b" " + data)
+with open("/dev/stderr", "wb") as err:
+    err.write(b"err")
+"""
+
+
+def test_pipe_stdio_are_fifos_the_child_can_reopen(loop):
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", REOPEN_STDIO, stdin=PIPE, stdout=PIPE, stderr=PIPE
+        )
+        return await proc.communicate(b"in"), proc.returncode
+
+    assert run(loop, main()) == ((b"fifo fifo fifo in", b"err"), 0)
 
 
 # -- exit status and signals ------------------------------------------------------------
