@@ -41,45 +41,46 @@ def _need(name: str, path: str | None) -> str:
     return path
 
 
-async def _bounded(n: int, concurrency: int, one) -> None:
-    """Run `one()` n times, at most `concurrency` at a time.
+def _timed_runs(loop: asyncio.AbstractEventLoop, n: int, concurrency: int, one) -> Measurement:
+    """Time n runs of `one()`, at most `concurrency` at a time, and check they all ran.
 
     `concurrency` tasks each take the next unit from a shared counter until
     none is left: no semaphore and no task per unit, so the harness adds the
     same few operations per process on every loop.
     """
     remaining = n
+    done = 0
 
     async def puller() -> None:
-        nonlocal remaining
+        nonlocal remaining, done
         while remaining > 0:
             remaining -= 1
             await one()
+            done += 1
 
-    loop = asyncio.get_running_loop()
-    await asyncio.gather(*[loop.create_task(puller()) for _ in range(min(concurrency, n))])
+    async def main() -> None:
+        await asyncio.gather(*[loop.create_task(puller()) for _ in range(min(concurrency, n))])
+
+    start = perf_counter()
+    loop.run_until_complete(main())
+    seconds = perf_counter() - start
+    if done != n:
+        raise AssertionError(f"processes run: expected {n}, got {done}")
+    return Measurement(n, seconds)
 
 
 def spawn_exit(loop: asyncio.AbstractEventLoop, n: int, concurrency: int = 16) -> Measurement:
     """n runs of `true` (stdin, stdout, stderr to /dev/null), `concurrency` in flight."""
     true = _need("true", TRUE)
-    done = 0
 
     async def one() -> None:
-        nonlocal done
         proc = await asyncio.create_subprocess_exec(
             true, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL
         )
         if await proc.wait() != 0:
             raise AssertionError(f"`true` exited with {proc.returncode}")
-        done += 1
 
-    start = perf_counter()
-    loop.run_until_complete(_bounded(n, concurrency, one))
-    seconds = perf_counter() - start
-    if done != n:
-        raise AssertionError(f"processes run: expected {n}, got {done}")
-    return Measurement(n, seconds)
+    return _timed_runs(loop, n, concurrency, one)
 
 
 def spawn_pipe_communicate(
@@ -87,24 +88,16 @@ def spawn_pipe_communicate(
 ) -> Measurement:
     """n runs of `cat` with stdin and stdout piped: communicate(1 KiB), output checked."""
     cat = _need("cat", CAT)
-    done = 0
 
     async def one() -> None:
-        nonlocal done
         proc = await asyncio.create_subprocess_exec(cat, stdin=PIPE, stdout=PIPE, stderr=DEVNULL)
         out, _ = await proc.communicate(PAYLOAD)
         if out != PAYLOAD:
             raise AssertionError(f"`cat` echoed {len(out)} other bytes")
         if proc.returncode != 0:
             raise AssertionError(f"`cat` exited with {proc.returncode}")
-        done += 1
 
-    start = perf_counter()
-    loop.run_until_complete(_bounded(n, concurrency, one))
-    seconds = perf_counter() - start
-    if done != n:
-        raise AssertionError(f"processes run: expected {n}, got {done}")
-    return Measurement(n, seconds)
+    return _timed_runs(loop, n, concurrency, one)
 
 
 def pipe_read_throughput(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:

@@ -18,8 +18,7 @@ import os
 import stat
 from asyncio import base_events, transports
 
-from . import _core
-from ._transports import _set_result_unless_cancelled
+from ._transports import NativeStreamBacked, _set_result_unless_cancelled
 
 _Base = base_events.BaseEventLoop
 
@@ -33,10 +32,10 @@ def _pipe_fd(pipe, message: str) -> tuple[int, int]:
     return fileno, mode
 
 
-class _PipeTransport:
-    """What the read and write pipe transports share: the native object."""
+class _PipeTransport(NativeStreamBacked):
+    """What the read and write pipe transports share: the native object in pipe mode."""
 
-    # Bound onto each instance, as for stream transports; the subclasses add theirs.
+    # The subclasses add theirs.
     _NATIVE_METHODS = (
         "close",
         "abort",
@@ -48,10 +47,7 @@ class _PipeTransport:
     _WRITE_ONLY = False
 
     def _open_native(self, loop, pipe, fileno, protocol, waiter):
-        native = self._native = _core.StreamTransport(loop, "pipe")
-        for name in self._NATIVE_METHODS:
-            setattr(self, name, getattr(native, name))
-        native._adopt(self)
+        native = self._bind_native(loop, "pipe")
         native._set_pipe_mode(self._WRITE_ONLY)
         self._pipe = pipe
         self._fileno = fileno
@@ -156,15 +152,6 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
     def _call_connection_lost(self, exc):
         self._stop_watching_peer()
         super()._call_connection_lost(exc)
-
-    # _FlowControlMixin keeps this in a slot; the native side owns the state.
-    @property
-    def _protocol_paused(self):
-        return self._native._protocol_paused()
-
-    @_protocol_paused.setter
-    def _protocol_paused(self, value):
-        pass  # _FlowControlMixin.__init__ sets it; the native state wins
 
 
 class PipeMethods:

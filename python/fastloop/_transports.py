@@ -72,13 +72,37 @@ def _socket_extra(sock, extra=None) -> dict:
     return info
 
 
-class StreamTransport(transports._FlowControlMixin):
+class NativeStreamBacked:
+    """What every transport on a _core.StreamTransport shares (sockets, pipes).
+
+    The native object's methods named in _NATIVE_METHODS are bound onto the
+    instance, so a call such as transport.write(data) goes straight to it; the
+    native object keeps this one alive while its libuv handle is open.
+    """
+
+    _NATIVE_METHODS: tuple[str, ...] = ()
+
+    def _bind_native(self, loop, kind):
+        native = self._native = _core.StreamTransport(loop, kind)
+        for name in self._NATIVE_METHODS:
+            setattr(self, name, getattr(native, name))
+        native._adopt(self)
+        return native
+
+    # _FlowControlMixin keeps this in a slot; the native side owns the state.
+    @property
+    def _protocol_paused(self):
+        return self._native._protocol_paused()
+
+    @_protocol_paused.setter
+    def _protocol_paused(self, value):
+        pass  # _FlowControlMixin.__init__ sets it; the native state wins
+
+
+class StreamTransport(NativeStreamBacked, transports._FlowControlMixin):
     """A TCP or Unix stream transport: an asyncio.Transport on fastloop's core.
 
-    The native object (_core.StreamTransport) does the work. Its methods are
-    bound onto each instance, so a call such as transport.write(data) goes
-    straight to the native method. The native object keeps this one alive
-    while its libuv handle is open.
+    The native object (_core.StreamTransport) does the work.
     """
 
     _start_tls_compatible = True
@@ -114,11 +138,7 @@ class StreamTransport(transports._FlowControlMixin):
     def __init__(self, loop, kind):
         super().__init__(loop=loop)
         self._sock = None
-        native = self._native = _core.StreamTransport(loop, kind)
-        for name in self._NATIVE_METHODS:
-            setattr(self, name, getattr(native, name))
-        # From here this object lives until the native handle is closed.
-        native._adopt(self)
+        self._bind_native(loop, kind)
 
     def _start(self, sock, protocol, extra, server, waiter):
         """Begin as asyncio's transports do: connection_made, then reading."""
@@ -135,15 +155,6 @@ class StreamTransport(transports._FlowControlMixin):
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
-
-    # _FlowControlMixin keeps this in a slot; the native side owns the state.
-    @property
-    def _protocol_paused(self):
-        return self._native._protocol_paused()
-
-    @_protocol_paused.setter
-    def _protocol_paused(self, value):
-        pass  # _FlowControlMixin.__init__ sets it; the native state wins
 
     def __repr__(self):
         info = [type(self).__name__]
