@@ -9,6 +9,7 @@ struct DebugCounters {
   long handles = 0;      // Handle/TimerHandle objects alive
   long fd_watchers = 0;  // uv_poll_t watchers not yet freed by their close callback
   long uv_loops = 0;     // uv_loop_t initialized and not yet closed
+  long uv_handles = 0;   // libuv handles initialized by a HandleOwner and not yet closed
   // Fault injection: microseconds to sleep between arming the loop's timer
   // and polling, so a test can make libuv's clock pass the deadline there.
   long arm_delay_us = 0;

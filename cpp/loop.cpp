@@ -1,35 +1,146 @@
 #include "loop.hpp"
 
 #include <pythread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <stdexcept>
 
 #include "debug.hpp"
 #include "errors.hpp"
 #include "hooks.hpp"
+#include "signals.hpp"
 
 namespace fastloop {
 
 // asyncio's selector transports read at most this much per call (max_size).
 constexpr size_t kReadBufferSize = 256 * 1024;
 
-Loop::Loop() : watchers_(this), read_buffer_(kReadBufferSize) {
-  int err = uv_loop_init(&uv_);
-  if (err < 0) throw std::runtime_error(uv_strerror(err));
+// The loop's timer: armed at the earliest deadline before the loop blocks.
+class LoopTimer final : public HandleOwner {
+ public:
+  explicit LoopTimer(Loop* loop) noexcept : HandleOwner(loop, Lifetime::kSelf) {}
+  bool init() noexcept {
+    return init_handle(&timer_, nullptr,
+                       [](uv_loop_t* l, uv_timer_t* t) { return uv_timer_init(l, t); });
+  }
+  bool active() const noexcept {
+    return uv_is_active(reinterpret_cast<const uv_handle_t*>(&timer_)) != 0;
+  }
+  void start(uint64_t timeout_ms) noexcept {
+    if (handle_open()) uv_timer_start(&timer_, on_timer, timeout_ms, 0);
+  }
+  void stop() noexcept {
+    if (handle_open()) uv_timer_stop(&timer_);
+  }
+
+ private:
+  static void on_timer(uv_timer_t* timer) noexcept {
+    // run_once() moves due timers to the ready queue itself, against the
+    // precise clock; this only has to end the poll. It must do so
+    // explicitly: if libuv's millisecond clock ticks between arming and
+    // uv_run(), the timer fires in uv_run's pre-poll timer pass, and the
+    // poll would then block with no timer left. With the stop flag set,
+    // libuv polls without blocking.
+    uv_stop(timer->loop);
+  }
+  uv_timer_t timer_{};
+};
+
+// call_soon_threadsafe's wake-up. Its callback has nothing to do: the
+// callbacks are already in the ready queue; the async only ends the poll.
+class LoopWakeup final : public HandleOwner {
+ public:
+  explicit LoopWakeup(Loop* loop) noexcept : HandleOwner(loop, Lifetime::kSelf) {}
+  bool init() noexcept {
+    return init_handle(&async_, nullptr, [](uv_loop_t* l, uv_async_t* a) {
+      return uv_async_init(l, a, [](uv_async_t* /*async*/) {});
+    });
+  }
+  // Any thread; the GIL is held by the caller (see Loop::wake_up).
+  void send() noexcept {
+    if (handle_open()) uv_async_send(&async_);
+  }
+
+ private:
+  uv_async_t async_{};
+};
+
+bool init_libuv_globals() noexcept {
+  // uv_loop_init makes the signal-lock pipe shared by every loop of the
+  // process (once); a throwaway loop is enough.
+  uv_loop_t probe;
+  const int err = uv_loop_init(&probe);
+  if (err < 0) {
+    set_uv_error(err);
+    return false;
+  }
+  uv_loop_close(&probe);
+  return true;
+}
+
+Loop::Loop() : watchers_(this), read_buffer_(kReadBufferSize) {}
+
+bool Loop::open() {
+  const int err = uv_loop_init(&uv_);
+  if (err < 0) {
+    // uv_loop_init undoes its own partial work.
+    closed_ = true;
+    set_uv_error(err);
+    return false;
+  }
   uv_open_ = true;
   FASTLOOP_COUNT(uv_loops, 1);
-  uv_timer_init(&uv_, &timer_);
-  timer_.data = this;
-  uv_async_init(&uv_, &wakeup_, on_wakeup);
-  wakeup_.data = this;
-  signals_ = std::make_unique<SignalWakeup>(this);
+  // Each owner deletes itself once closed; until init succeeds it is ours.
+  auto* timer = new LoopTimer(this);
+  if (!timer->init()) {
+    delete timer;
+    return fail_open();
+  }
+  timer_ = timer;
+  auto* wakeup = new LoopWakeup(this);
+  if (!wakeup->init()) {
+    delete wakeup;
+    return fail_open();
+  }
+  wakeup_ = wakeup;
+  signals_ = SignalWakeup::create(this);
+  if (signals_ == nullptr) return fail_open();
+  return true;
+}
+
+bool Loop::fail_open() noexcept {
+  // Close what was opened, keeping the exception that made open() fail.
+  PyObject* exc = take_exception();
+  close();
+  restore_exception(exc);
+  return false;
 }
 
 Loop::~Loop() {
   close();
+}
+
+int Loop::signal_wakeup_fd() const noexcept {
+  return signals_ != nullptr ? signals_->write_fd() : -1;
+}
+
+void Loop::register_owner(HandleOwner* owner) noexcept {
+  owner->prev_ = nullptr;
+  owner->next_ = owners_;
+  if (owners_ != nullptr) owners_->prev_ = owner;
+  owners_ = owner;
+}
+
+void Loop::unregister_owner(HandleOwner* owner) noexcept {
+  if (owner->prev_ != nullptr) {
+    owner->prev_->next_ = owner->next_;
+  } else if (owners_ == owner) {
+    owners_ = owner->next_;
+  }
+  if (owner->next_ != nullptr) owner->next_->prev_ = owner->prev_;
+  owner->prev_ = owner->next_ = nullptr;
 }
 
 bool Loop::check_open() const noexcept {
@@ -56,20 +167,7 @@ bool Loop::call_soon(PyObject* py_loop, PyObject* callback, PyObject* const* arg
 void Loop::wake_up() noexcept {
   // sleeping_ changes only with the GIL held, and so is read here: a loop
   // that is not sleeping will look at its ready queue before it blocks.
-  if (sleeping_) uv_async_send(&wakeup_);
-}
-
-void Loop::on_wakeup(uv_async_t* /*async*/) noexcept {
-  // Nothing to do: the callbacks are already in the ready queue.
-}
-
-void Loop::on_timer(uv_timer_t* timer) noexcept {
-  // run_once() moves due timers to the ready queue itself, against the
-  // precise clock; this only has to end the poll. It must do so explicitly:
-  // if libuv's millisecond clock ticks between arming and uv_run(), the timer
-  // fires in uv_run's pre-poll timer pass, and the poll would then block with
-  // no timer left. With the stop flag set, libuv polls without blocking.
-  uv_stop(timer->loop);
+  if (sleeping_ && wakeup_ != nullptr) wakeup_->send();
 }
 
 void Loop::defer_exception(PyObject* exc) noexcept {
@@ -112,14 +210,18 @@ void Loop::poll_io(bool may_block) {
   if (timeout_ms > 0) {
     // libuv counts from its cached time: refresh it so the timer is not early.
     uv_update_time(&uv_);
-    uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(timeout_ms), 0);
+    timer_->start(static_cast<uint64_t>(timeout_ms));
   } else {
-    uv_timer_stop(&timer_);
+    timer_->stop();
   }
   sleeping_ = true;
   // The GIL is released while libuv waits in the kernel: nothing here touches
   // Python, and callbacks that do take the GIL back (GilFromLibuv).
   released_tstate_ = PyEval_SaveThread();
+  if (kDebugBuild && g_debug_counters.arm_delay_us > 0) {
+    // Fault injection: let libuv's clock pass the deadline just armed.
+    usleep(static_cast<useconds_t>(g_debug_counters.arm_delay_us));
+  }
   uv_run(&uv_, UV_RUN_ONCE);
   PyEval_RestoreThread(released_tstate_);
   released_tstate_ = nullptr;
@@ -129,7 +231,7 @@ void Loop::poll_io(bool may_block) {
 bool Loop::has_io_sources() const noexcept {
   // The wake-up async is always active, the timer only while armed; the
   // signal wake-up poll is unreferenced and so not counted.
-  const unsigned own = 1 + (uv_is_active(reinterpret_cast<const uv_handle_t*>(&timer_)) ? 1 : 0);
+  const unsigned own = 1 + (timer_ != nullptr && timer_->active() ? 1 : 0);
   return uv_.active_handles > own || uv_.active_reqs.count > 0;
 }
 
@@ -212,31 +314,45 @@ bool Loop::run_forever(PyObject* self) {
   return ok;
 }
 
-void Loop::close() {
-  if (closed_) return;
+bool Loop::close() {
+  if (running()) {
+    PyErr_SetString(PyExc_RuntimeError, "Cannot close a running event loop");
+    return false;
+  }
+  if (closed_ && !uv_open_) return true;
   closed_ = true;
   detach_from_parent();
   clear_references();
-  // Close the transports and listeners still open; their close callbacks
-  // run below. (asyncio's close() leaves sockets to their own __del__.)
-  while (!resources_.empty()) {
-    LoopResource* r = *resources_.begin();
-    resources_.erase(resources_.begin());
-    r->close_with_loop();
-  }
-  if (signals_) signals_->close();
-  if (!uv_open_) return;
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
-  uv_close(reinterpret_cast<uv_handle_t*>(&wakeup_), nullptr);
-  // Let libuv run the close callbacks; nothing is active any more, so this
-  // cannot block.
+  if (!uv_open_) return true;
+  // Every handle still open (transports, listeners, fd watchers, our own
+  // timer, wake-up and signal poll) is closed, and libuv runs the close
+  // callbacks below. (asyncio's close() leaves sockets to their own __del__;
+  // libuv needs every handle closed before the loop.)
+  close_owners();
+  timer_ = nullptr;  // they free themselves in their close callbacks
+  wakeup_ = nullptr;
+  signals_ = nullptr;
+  // Nothing is active any more, so these runs cannot block. A close callback
+  // may run Python code that closes another handle: run until none is left.
   int err = UV_EBUSY;
   for (int i = 0; i < 16 && err == UV_EBUSY; ++i) {
     uv_run(&uv_, UV_RUN_NOWAIT);
+    close_owners();
     err = uv_loop_close(&uv_);
   }
-  if (err == 0) FASTLOOP_COUNT(uv_loops, -1);
-  uv_open_ = false;
+  if (err == 0) {
+    FASTLOOP_COUNT(uv_loops, -1);
+    uv_open_ = false;
+  }
+  // Otherwise a handle outside our owners is still open: the libuv loop is
+  // leaked rather than freed under it.
+  return true;
+}
+
+void Loop::close_owners() noexcept {
+  // close_with_loop() changes states only; owners leave the list in their
+  // close callbacks, which run inside uv_run.
+  for (HandleOwner* o = owners_; o != nullptr; o = o->next_) o->close_with_loop();
 }
 
 void Loop::clear_references() noexcept {
@@ -259,6 +375,10 @@ int Loop::traverse(visitproc visit, void* arg) const {
   if ((r = timers_.traverse(visit, arg)) != 0) return r;
   if ((r = watchers_.traverse(visit, arg)) != 0) return r;
   Py_VISIT(task_factory_);
+  // The Python objects kept alive for their open handles: the collector then
+  // sees a loop and its transports as one cycle and can collect an abandoned
+  // loop (its __del__ closes it, which releases them).
+  for (const HandleOwner* o = owners_; o != nullptr; o = o->next_) Py_VISIT(o->keep_alive_);
   return 0;
 }
 

@@ -15,27 +15,18 @@
 #include <uv.h>
 
 #include <cstddef>
-#include <memory>
-#include <unordered_set>
 #include <vector>
 
 #include "handles.hpp"
+#include "owner.hpp"
 #include "poll.hpp"
-#include "signals.hpp"
 #include "timers.hpp"
 
 namespace fastloop {
 
-// Something on the loop that owns libuv handles (a transport, a listener):
-// the loop closes what is still open when it is closed itself, so that no
-// handle outlives the uv_loop_t.
-class LoopResource {
- public:
-  virtual void close_with_loop() noexcept = 0;
-
- protected:
-  ~LoopResource() = default;
-};
+class SignalWakeup;
+class LoopTimer;
+class LoopWakeup;
 
 // A FIFO of owned references, on a power-of-two ring buffer.
 class ReadyQueue {
@@ -80,6 +71,11 @@ class Loop {
   ~Loop();
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
+
+  // Initialises the libuv loop and the loop's own handles (timer, wake-up,
+  // signal wake-up). False with the exception set (OSError(EMFILE) at fd
+  // exhaustion, as asyncio's loop raises); nothing is left open then.
+  bool open();
 
   // ---- fork ----
   // Called in the child of a fork (os.register_at_fork): the libuv loop's
@@ -129,20 +125,26 @@ class Loop {
   // false with an exception set when one propagates out of a callback.
   bool run_forever(PyObject* self);
   void stop() noexcept { stopping_ = true; }
-  // Releases every callback and closes the libuv handles. Idempotent.
-  void close();
+  // Releases every callback and closes every libuv handle, then the libuv
+  // loop. Idempotent. Refused (RuntimeError, false) while the loop runs: a
+  // callback must not free the loop under its own iteration.
+  bool close();
 
   // A libuv callback hit an exception that must leave run_forever (e.g.
   // KeyboardInterrupt from a signal): keep it and end the current poll.
   void defer_exception(PyObject* exc) noexcept;
 
   FdWatchers& fd_watchers() noexcept { return watchers_; }
-  void add_resource(LoopResource* r) { resources_.insert(r); }
-  void remove_resource(LoopResource* r) noexcept { resources_.erase(r); }
+  // Every handle owner with a live handle is registered here, from its
+  // init until its close callback (see owner.hpp): the loop closes them when
+  // it closes, and shows their Python owners to the garbage collector.
+  void register_owner(HandleOwner* owner) noexcept;
+  void unregister_owner(HandleOwner* owner) noexcept;
   // The buffer every non-buffered stream read lands in (one per loop).
   char* read_buffer() noexcept { return read_buffer_.data(); }
   size_t read_buffer_size() const noexcept { return read_buffer_.size(); }
-  SignalWakeup& signal_wakeup() noexcept { return *signals_; }
+  // The fd for signal.set_wakeup_fd(); -1 once the loop is closed.
+  int signal_wakeup_fd() const noexcept;
 
   // Garbage collector support for the owning Python object.
   int traverse(visitproc visit, void* arg) const;
@@ -159,17 +161,18 @@ class Loop {
   void detach_from_parent() noexcept;
   void poll_io(bool may_block);
   bool run_ready_in_debug(HandleObject* h);
-  static void on_wakeup(uv_async_t* async) noexcept;
-  static void on_timer(uv_timer_t* timer) noexcept;
+  void close_owners() noexcept;
+  bool fail_open() noexcept;
 
   uv_loop_t uv_{};
-  uv_timer_t timer_{};   // armed at the earliest deadline before blocking
-  uv_async_t wakeup_{};  // call_soon_threadsafe's wake-up; also keeps uv_run alive
+  // The loop's own handles (HandleOwners that free themselves when closed).
+  LoopTimer* timer_ = nullptr;    // armed at the earliest deadline before blocking
+  LoopWakeup* wakeup_ = nullptr;  // call_soon_threadsafe's wake-up; keeps uv_run alive
+  SignalWakeup* signals_ = nullptr;
+  HandleOwner* owners_ = nullptr;  // head of the registered owners' list
   ReadyQueue ready_;
   TimerHeap timers_;
   FdWatchers watchers_;
-  std::unique_ptr<SignalWakeup> signals_;
-  std::unordered_set<LoopResource*> resources_;
   std::vector<char> read_buffer_;
 
   PyObject* self_ = nullptr;  // borrowed: the Python object embedding this core
@@ -204,6 +207,11 @@ class GilFromLibuv {
   Loop* loop_;
   PyThreadState* tstate_;
 };
+
+// Makes libuv's process-wide state now, at import, while fds are available:
+// libuv creates it with the first loop and aborts the process if it cannot
+// (at fd exhaustion). False with the exception set.
+bool init_libuv_globals() noexcept;
 
 // The C++ core of a Python object that is a fastloop loop, or nullptr
 // (not a loop, or its __init__ has not run).

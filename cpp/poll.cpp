@@ -3,31 +3,45 @@
 #include <fcntl.h>
 
 #include <cerrno>
+#include <utility>
 
 #include "debug.hpp"
+#include "errors.hpp"
 #include "loop.hpp"
 
 namespace fastloop {
 
-int FdWatchers::add(int fd, Interest what, HandleObject* h) {
+FdWatchers::Watcher::Watcher(Loop* loop, int fd) noexcept
+    : HandleOwner(loop, Lifetime::kSelf), fd(fd) {
+  FASTLOOP_COUNT(fd_watchers, 1);
+}
+
+FdWatchers::Watcher::~Watcher() {
+  FASTLOOP_COUNT(fd_watchers, -1);
+}
+
+bool FdWatchers::Watcher::init() noexcept {
+  return init_handle(&poll, nullptr, [this](uv_loop_t* l, uv_poll_t* p) {
+    // libuv makes the fd non-blocking; asyncio's add_reader leaves it as it
+    // was, and so do we.
+    const int flags = fcntl(fd, F_GETFL);
+    const int err = uv_poll_init(l, p, fd);
+    if (flags >= 0) fcntl(fd, F_SETFL, flags);
+    return err;
+  });
+}
+
+bool FdWatchers::add(int fd, Interest what, HandleObject* h) {
   Watcher* w = nullptr;
   auto it = by_fd_.find(fd);
   if (it != by_fd_.end()) {
     w = it->second;
   } else {
-    w = new Watcher{{}, loop_, fd, nullptr, nullptr};
-    FASTLOOP_COUNT(fd_watchers, 1);
-    // libuv makes the fd non-blocking; asyncio's add_reader leaves it as it
-    // was, and so do we.
-    const int flags = fcntl(fd, F_GETFL);
-    const int err = uv_poll_init(loop_->uv(), &w->poll, fd);
-    if (flags >= 0) fcntl(fd, F_SETFL, flags);
-    if (err < 0) {
-      delete w;
-      FASTLOOP_COUNT(fd_watchers, -1);
-      return err;
+    w = new Watcher(loop_, fd);
+    if (!w->init()) {
+      delete w;  // never registered: ours to free
+      return false;
     }
-    w->poll.data = w;
     by_fd_.emplace(fd, w);
   }
   HandleObject*& slot = what == Interest::kRead ? w->reader : w->writer;
@@ -39,13 +53,14 @@ int FdWatchers::add(int fd, Interest what, HandleObject* h) {
     slot = old;
     Py_DECREF(h);
     if (w->reader == nullptr && w->writer == nullptr) retire(w);
-    return err;
+    set_uv_error(err);
+    return false;
   }
   if (old != nullptr) {
     cancel_handle(old);
     Py_DECREF(old);
   }
-  return 0;
+  return true;
 }
 
 bool FdWatchers::remove(int fd, Interest what) {
@@ -74,7 +89,23 @@ void FdWatchers::evict_idle(int fd) {
   }
 }
 
+void FdWatchers::evict(int fd) {
+  auto it = by_fd_.find(fd);
+  if (it == by_fd_.end()) return;
+  Watcher* w = it->second;
+  HandleObject* reader = std::exchange(w->reader, nullptr);
+  HandleObject* writer = std::exchange(w->writer, nullptr);
+  retire(w);
+  // Released last: cancelling may run Python code that watches fds again.
+  for (HandleObject* h : {reader, writer}) {
+    if (h == nullptr) continue;
+    cancel_handle(h);
+    Py_DECREF(h);
+  }
+}
+
 int FdWatchers::restart(Watcher* w) {
+  if (!w->handle_open()) return UV_EBADF;
   int events = 0;
   if (w->reader != nullptr) events |= UV_READABLE;
   if (w->writer != nullptr) events |= UV_WRITABLE;
@@ -85,7 +116,8 @@ int FdWatchers::restart(Watcher* w) {
 void FdWatchers::stop_closed_fds() noexcept {
   for (int fd : changed_fds_) {
     auto it = by_fd_.find(fd);
-    if (it != by_fd_.end() && fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+    if (it != by_fd_.end() && it->second->handle_open() && fcntl(fd, F_GETFD) < 0 &&
+        errno == EBADF) {
       // Still registered, so remove_reader() answers True as asyncio's does.
       uv_poll_stop(&it->second->poll);
     }
@@ -95,28 +127,23 @@ void FdWatchers::stop_closed_fds() noexcept {
 
 void FdWatchers::retire(Watcher* w) {
   by_fd_.erase(w->fd);
-  uv_poll_stop(&w->poll);
-  // Ownership passes to libuv until the close callback frees the watcher.
-  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), on_close);
-}
-
-void FdWatchers::on_close(uv_handle_t* handle) noexcept {
-  delete static_cast<Watcher*>(handle->data);
-  FASTLOOP_COUNT(fd_watchers, -1);
+  // The close callback frees the watcher.
+  w->close_handle();
 }
 
 void FdWatchers::on_poll(uv_poll_t* poll, int status, int events) noexcept {
-  auto* w = static_cast<Watcher*>(poll->data);
+  auto* w = HandleOwner::owner_of<Watcher>(poll->data);
+  Loop* loop = w->loop();
   if (status < 0) {
     // An error on the fd (POLLERR, e.g. a reset connection). libuv has
     // stopped the handle; asyncio's level-triggered epoll keeps reporting the
     // fd ready to both callbacks until they act, so restart it.
     events = UV_READABLE | UV_WRITABLE;
-    w->loop->fd_watchers().restart(w);
+    loop->fd_watchers().restart(w);
   }
-  GilFromLibuv gil(w->loop);
-  if ((events & UV_READABLE) != 0 && w->reader != nullptr) w->loop->push_ready(w->reader);
-  if ((events & UV_WRITABLE) != 0 && w->writer != nullptr) w->loop->push_ready(w->writer);
+  GilFromLibuv gil(loop);
+  if ((events & UV_READABLE) != 0 && w->reader != nullptr) loop->push_ready(w->reader);
+  if ((events & UV_WRITABLE) != 0 && w->writer != nullptr) loop->push_ready(w->writer);
 }
 
 void FdWatchers::close_all() {
@@ -125,8 +152,7 @@ void FdWatchers::close_all() {
     if (w->reader != nullptr) released.push_back(w->reader);
     if (w->writer != nullptr) released.push_back(w->writer);
     w->reader = w->writer = nullptr;
-    uv_poll_stop(&w->poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), on_close);
+    w->close_handle();  // the close callback frees it
   }
   by_fd_.clear();
   for (HandleObject* h : released) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "handles.hpp"
+#include "owner.hpp"
 
 namespace fastloop {
 
@@ -30,8 +31,10 @@ class FdWatchers {
   FdWatchers& operator=(const FdWatchers&) = delete;
 
   // Watches `fd` and queues `h` (a new reference is taken) when it is ready,
-  // replacing (and cancelling) a previous handle. Returns 0 or a libuv error.
-  int add(int fd, Interest what, HandleObject* h);
+  // replacing (and cancelling) a previous handle. False with the exception
+  // set (the OSError asyncio's selector would raise, e.g. EPERM for a
+  // regular file, or RuntimeError once the loop is closed).
+  bool add(int fd, Interest what, HandleObject* h);
   // Stops watching; cancels the handle. False when nothing was registered.
   bool remove(int fd, Interest what);
   // The handle registered for fd and `what`, or nullptr (borrowed).
@@ -42,6 +45,10 @@ class FdWatchers {
   }
   // Closes an idle watcher of `fd`, before a libuv handle is opened on it.
   void evict_idle(int fd);
+  // Before a transport or listener takes over `fd`: its watcher goes, idle
+  // or not, and the handles registered on it are cancelled (asyncio's
+  // transports replace the fd's reader in the selector the same way).
+  void evict(int fd);
   bool empty() const noexcept { return by_fd_.empty(); }
 
   // Before each poll: libuv hands fd changes to epoll only then, and aborts if
@@ -54,15 +61,21 @@ class FdWatchers {
   int traverse(visitproc visit, void* arg) const;
 
  private:
-  struct Watcher {
-    uv_poll_t poll;
-    Loop* loop;
+  // One uv_poll_t; it frees itself once closed.
+  class Watcher final : public HandleOwner {
+   public:
+    Watcher(Loop* loop, int fd) noexcept;
+    bool init() noexcept;
+    uv_poll_t poll{};
     int fd;
-    HandleObject* reader;
-    HandleObject* writer;
+    HandleObject* reader = nullptr;
+    HandleObject* writer = nullptr;
+
+   private:
+    ~Watcher() override;
+    friend class FdWatchers;
   };
   static void on_poll(uv_poll_t* poll, int status, int events) noexcept;
-  static void on_close(uv_handle_t* handle) noexcept;
   int restart(Watcher* w);
   void retire(Watcher* w);
 

@@ -20,10 +20,24 @@ bool init_strings() noexcept {
   g_str.kw_loop = Py_BuildValue("(O)", g_str.loop);
   g_str.kw_loop_name_ctx = Py_BuildValue("(OOO)", g_str.loop, g_str.name, g_str.context);
   g_str.send_raised = PyUnicode_InternFromString("socket.send() raised exception.");
-  return g_str.send_raised != nullptr && g_str.context != nullptr && g_str.loop != nullptr &&
-         g_str.name != nullptr && g_str.done != nullptr && g_str.set_result != nullptr &&
-         g_str.set_exception != nullptr && g_str.slow_callback_duration != nullptr &&
-         g_str.kw_loop != nullptr && g_str.kw_loop_name_ctx != nullptr;
+  g_str.data_received = PyUnicode_InternFromString("data_received");
+  g_str.get_buffer = PyUnicode_InternFromString("get_buffer");
+  g_str.buffer_updated = PyUnicode_InternFromString("buffer_updated");
+  g_str.eof_received = PyUnicode_InternFromString("eof_received");
+  g_str.connection_lost = PyUnicode_InternFromString("connection_lost");
+  g_str.pause_writing = PyUnicode_InternFromString("pause_writing");
+  g_str.resume_writing = PyUnicode_InternFromString("resume_writing");
+  g_str.call_connection_lost = PyUnicode_InternFromString("_call_connection_lost");
+  g_str.detach = PyUnicode_InternFromString("detach");
+  g_str.on_connection = PyUnicode_InternFromString("_on_connection");
+  g_str.on_accept_error = PyUnicode_InternFromString("_on_accept_error");
+  // Every field is a PyObject*: all must have been made.
+  static_assert(sizeof(Strings) % sizeof(PyObject*) == 0);
+  const auto* fields = reinterpret_cast<PyObject* const*>(&g_str);
+  for (size_t i = 0; i < sizeof(Strings) / sizeof(PyObject*); ++i) {
+    if (fields[i] == nullptr) return false;
+  }
+  return true;
 }
 
 }  // namespace fastloop

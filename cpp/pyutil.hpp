@@ -89,6 +89,19 @@ struct Strings {
   PyObject* kw_loop;           // ("loop",)
   PyObject* kw_loop_name_ctx;  // ("loop", "name", "context")
   PyObject* send_raised;       // asyncio's warning for writes to a lost connection
+  // Protocol and transport methods the core calls, looked up at each call
+  // as asyncio does.
+  PyObject* data_received;
+  PyObject* get_buffer;
+  PyObject* buffer_updated;
+  PyObject* eof_received;
+  PyObject* connection_lost;
+  PyObject* pause_writing;
+  PyObject* resume_writing;
+  PyObject* call_connection_lost;  // "_call_connection_lost"
+  PyObject* detach;
+  PyObject* on_connection;    // "_on_connection" (the Python listener)
+  PyObject* on_accept_error;  // "_on_accept_error"
 };
 extern Strings g_str;
 bool init_strings() noexcept;

@@ -9,30 +9,32 @@
 
 #include <uv.h>
 
+#include "owner.hpp"
+
 namespace fastloop {
 
 class Loop;
 
-class SignalWakeup {
+class SignalWakeup final : public HandleOwner {
  public:
-  explicit SignalWakeup(Loop* loop);  // throws std::system_error
-  ~SignalWakeup();
-  SignalWakeup(const SignalWakeup&) = delete;
-  SignalWakeup& operator=(const SignalWakeup&) = delete;
+  // The socket pair and its poll handle, registered with the loop; nullptr
+  // with OSError set (e.g. EMFILE). Frees itself once closed with the loop.
+  static SignalWakeup* create(Loop* loop) noexcept;
 
   // The fd to pass to signal.set_wakeup_fd(); -1 once closed.
   int write_fd() const noexcept { return write_fd_; }
-  // Closes the poll handle (freed by the loop's close sequence) and the fds.
-  void close() noexcept;
 
  private:
+  explicit SignalWakeup(Loop* loop) noexcept : HandleOwner(loop, Lifetime::kSelf) {}
+  ~SignalWakeup() override;
+  // The fds close with the poll handle, once libuv no longer watches them.
+  void handle_closed() noexcept override { close_fds(); }
+  void close_fds() noexcept;
   static void on_readable(uv_poll_t* poll, int status, int events) noexcept;
 
-  Loop* loop_;
   uv_poll_t poll_{};
   int read_fd_ = -1;
   int write_fd_ = -1;
-  bool polling_ = false;
 };
 
 }  // namespace fastloop

@@ -143,8 +143,9 @@ PyObject* start_sock_wait(PyObject* py_loop, Loop* loop, int fd, Interest what, 
   Ref handle(
       reinterpret_cast<PyObject*>(new_handle(py_loop, loop, wait.get(), nullptr, 0, nullptr)));
   if (!handle) return nullptr;
-  const int err = loop->fd_watchers().add(fd, what, reinterpret_cast<HandleObject*>(handle.get()));
-  if (err < 0) return set_uv_error(err);
+  if (!loop->fd_watchers().add(fd, what, reinterpret_cast<HandleObject*>(handle.get()))) {
+    return nullptr;
+  }
   return future.release();
 }
 

@@ -1,14 +1,21 @@
-// The stream transport shared by TCP and Unix sockets: asyncio.Transport's
-// behaviour (selector_events._SelectorSocketTransport is the reference) on a
-// libuv uv_stream_t.
+// The stream transport shared by TCP and Unix sockets and pipes:
+// asyncio.Transport's behaviour (selector_events._SelectorSocketTransport and
+// unix_events' pipe transports are the reference) on a libuv uv_stream_t.
 //
 // Reads land in the loop's read buffer (or straight in a BufferedProtocol's
-// buffer) and go to the protocol's bound methods, looked up once per
-// protocol. Writes try the syscall at once when nothing is queued; what is
-// left is queued and all of it goes out in one uv_write (writev).
+// buffer) and go to the protocol's methods, looked up when they are called,
+// as asyncio does. Writes try the syscall at once when nothing is queued;
+// what is left is queued and all of it goes out in one uv_write (writev).
 //
-// Ownership: the transport's Python object keeps itself alive while its
-// libuv handle is open and lets go in the close callback (see self_ref_).
+// Ownership and re-entrancy (owner.hpp): the libuv handle is initialised by
+// open() or prepare_accept(), which make the loop keep this object's Python
+// owner (the _core.StreamTransport instance) alive until the close callback.
+// Protocol methods called from libuv callbacks run in a CallbackScope: in the
+// context current when the transport was made, with the owner held. A
+// protocol method may close, abort or pause the transport at any point,
+// including from get_buffer(), which libuv calls in the middle of its read:
+// what libuv forbids there (stopping the read, closing) is deferred to the
+// read callback that follows.
 #pragma once
 
 #include <uv.h>
@@ -17,43 +24,45 @@
 #include <vector>
 
 #include "loop.hpp"
+#include "owner.hpp"
 #include "pyutil.hpp"
 
 namespace fastloop {
 
 enum class StreamKind { kTcp, kPipe };
 
-class StreamTransport : public LoopResource {
+class StreamTransport final : public HandleOwner {
  public:
-  // Takes over `fd` (libuv closes it); `py_loop` is the Python loop object.
+  // `py_loop` is the Python loop object. The libuv handle is made later, by
+  // open() or prepare_accept(). Captures the current context.
   StreamTransport(PyObject* py_loop, StreamKind kind);
-  ~StreamTransport();
+  ~StreamTransport() override;
   StreamTransport(const StreamTransport&) = delete;
   StreamTransport& operator=(const StreamTransport&) = delete;
 
-  // Opens the libuv handle on an existing connected socket fd. 0 or a libuv error.
-  int open(int fd);
-  // The stream a listener accepts into (already initialized on the loop).
+  // Makes the libuv handle (kept alive through `py_self`, the Python object
+  // owning this one) and takes over the connected `fd`: libuv closes it from
+  // here. On failure (false, exception set) the fd is still the caller's.
+  bool open(PyObject* py_self, int fd);
+  // Makes the libuv handle for a listener to accept into.
+  bool prepare_accept(PyObject* py_self);
   uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&handle_); }
-  // Initializes the handle for accepting; the listener then calls uv_accept.
-  int init_for_accept();
-  // From here `owner`, the Python transport that owns this object, is kept
-  // alive until the handle's close callback. It is what protocols and error
-  // reports see as the transport.
-  void adopt(PyObject* owner);
+  // The Python transport protocols and error reports see (the object that
+  // holds this one). Set once, before the transport starts.
+  void set_transport(PyObject* transport) { Py_XSETREF(transport_, Py_XNewRef(transport)); }
 
-  // ---- asyncio.Transport ----
-  bool write(PyObject* data);  // false with an exception set
+  // ---- asyncio.Transport; false means an exception is set ----
+  bool write(PyObject* data);
   bool writelines(PyObject* iterable);
   bool write_eof();
   bool can_write_eof() const noexcept { return true; }
-  void close();
-  void abort() { force_close(nullptr); }
-  void force_close(PyObject* exc);  // asyncio's _force_close(exc)
+  bool close();
+  bool abort() { return force_close(nullptr); }
+  bool force_close(PyObject* exc);  // asyncio's _force_close(exc)
   bool is_closing() const noexcept { return closing_; }
-  bool is_reading() const noexcept { return !paused_ && !closing_; }
+  bool is_reading() const noexcept { return !paused_ && !closing_ && handle_open(); }
   void pause_reading();
-  void resume_reading();
+  bool resume_reading();
   bool set_protocol(PyObject* protocol);
   PyObject* protocol() const noexcept { return protocol_; }
   size_t write_buffer_size() const noexcept;
@@ -62,17 +71,21 @@ class StreamTransport : public LoopResource {
   size_t low_water() const noexcept { return low_water_; }
   bool set_write_buffer_limits(PyObject* high, PyObject* low);
   // Starts reading (asyncio starts after connection_made has run).
-  void start_reading();
+  bool start_reading();
   int fileno() const noexcept;
-  bool closed() const noexcept { return handle_closed_; }
   // asyncio's _call_connection_lost: the protocol's connection_lost(exc),
   // then the handle is closed and the protocol and server let go.
   bool call_connection_lost(PyObject* exc);
+  // The handle was opened and connection_lost never ran: the transport was
+  // never closed (asyncio's "unclosed transport" ResourceWarning).
+  bool unclosed() const noexcept { return was_open_ && !lost_called_; }
   // sendfile's "empty waiter": a future resolved once the write buffer is
   // empty; while it is set, write() refuses (asyncio's _make_empty_waiter).
   PyObject* make_empty_waiter();
   void reset_empty_waiter() noexcept { Py_CLEAR(empty_waiter_); }
   void close_with_loop() noexcept override;
+  // Closes a handle that never carried a connection (a failed accept).
+  void discard() noexcept { close_stream(); }
 
   // The Python socket object to detach at close, the extra-info dict and the
   // asyncio Server to notify; all set by the Python glue.
@@ -81,7 +94,8 @@ class StreamTransport : public LoopResource {
   void set_server(PyObject* server) { Py_XSETREF(server_, Py_XNewRef(server)); }
   // A pipe, FIFO or tty (asyncio's unix_events pipe transports): end of input
   // always closes the transport, write_eof() closes the fd after the buffer
-  // drains (no half-close on a pipe), and errors name a pipe transport. A
+  // drains (no half-close on a pipe), an exception from data_received is
+  // reported and reading goes on, and errors name a pipe transport. A
   // write-only pipe's protocol need not have the read callbacks.
   void set_pipe_mode(bool write_only) noexcept {
     pipe_mode_ = true;
@@ -89,6 +103,10 @@ class StreamTransport : public LoopResource {
   }
   PyObject* server() const noexcept { return server_; }
   PyObject* py_loop() const noexcept { return py_loop_; }
+
+  // Garbage collector support for the owning Python object.
+  int traverse(visitproc visit, void* arg) const;
+  void clear_references() noexcept;
 
  private:
   struct Chunk {
@@ -100,17 +118,24 @@ class StreamTransport : public LoopResource {
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) noexcept;
   static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
   static void on_write(uv_write_t* req, int status) noexcept;
-  static void on_close(uv_handle_t* h) noexcept;
 
+  bool init_stream(PyObject* py_self);
+  // Is `fd` something epoll can watch? (/dev/null is not: libuv would abort.)
+  bool check_pollable(int fd);
+  void handle_read(ssize_t nread);
   void read_data(ssize_t nread);
   void read_eof();
+  // uv_read_stop, or deferred to on_read while libuv is inside on_alloc.
+  void stop_reading() noexcept;
+  // Sends what it can of `bufs` now, queues the rest (owned by `owners`).
+  bool send_or_queue(const uv_buf_t* bufs, size_t nbufs, PyObject* const* owners);
   void flush_queue();
   void after_write();
-  void shutdown_now();
+  bool shutdown_now();
   void maybe_pause_protocol();
   void maybe_resume_protocol();
   // Calls protocol.pause_writing()/resume_writing(), reporting a failure.
-  void call_flow_control(const char* method, const char* message);
+  void call_flow_control(PyObject* method, const char* message);
   void fatal_error(PyObject* exc, const char* message);
   void fatal_uv_error(int err, const char* message);
   const char* read_error_message() const noexcept {
@@ -122,14 +147,17 @@ class StreamTransport : public LoopResource {
                       : "Fatal write error on socket transport";
   }
   // The current exception (set by a failed protocol call): SystemExit and
-  // KeyboardInterrupt leave the loop, anything else is a fatal error.
+  // KeyboardInterrupt leave the loop, anything else is a fatal error (on a
+  // pipe, a reported one).
   void protocol_call_failed(const char* message);
-  void schedule_connection_lost(PyObject* exc);
-  void close_handle();
+  bool schedule_connection_lost(PyObject* exc);
+  // Detaches the Python socket object (libuv closes the fd), then uv_close.
+  void close_stream() noexcept;
+  void handle_closed() noexcept override;
   void release_chunks(std::vector<Chunk>& chunks);
   // Resolves the empty waiter, if any: with None, or with `exc` set.
   void settle_empty_waiter(PyObject* exc);
-  bool queue_bytes(PyObject* data, const char* base, size_t len, size_t skip);
+  bool check_loop_open() const noexcept;
 
   union {
     uv_tcp_t tcp;
@@ -137,14 +165,9 @@ class StreamTransport : public LoopResource {
   } handle_{};
   uv_write_t write_req_{};
   StreamKind kind_;
-  Loop* loop_;
-  PyObject* py_loop_;             // strong
-  PyObject* self_ref_ = nullptr;  // the Python object, while the handle is open
+  PyObject* py_loop_;  // strong, released only by the destructor (see owner.hpp)
+  PyObject* transport_ = nullptr;
   PyObject* protocol_ = nullptr;
-  PyObject* data_received_ = nullptr;  // bound methods of the protocol
-  PyObject* get_buffer_ = nullptr;     // set for a BufferedProtocol
-  PyObject* buffer_updated_ = nullptr;
-  PyObject* eof_received_ = nullptr;
   PyObject* sock_ = nullptr;
   PyObject* server_ = nullptr;
   Py_buffer read_view_{};            // BufferedProtocol's buffer during a read
@@ -160,8 +183,10 @@ class StreamTransport : public LoopResource {
   size_t high_water_ = 64 * 1024;
   size_t low_water_ = 16 * 1024;
   int conn_lost_ = 0;
-  bool handle_open_ = false;
-  bool handle_closed_ = false;
+  int unpollable_errno_ = 0;  // the fd cannot be watched (see check_pollable)
+  bool buffered_ = false;     // the protocol is a BufferedProtocol
+  bool was_open_ = false;
+  bool lost_called_ = false;
   bool reading_ = false;  // uv_read_start in effect
   bool paused_ = false;   // pause_reading()
   bool closing_ = false;
@@ -171,6 +196,9 @@ class StreamTransport : public LoopResource {
   bool lost_scheduled_ = false;
   bool pipe_mode_ = false;
   bool write_only_ = false;
+  bool in_alloc_ = false;           // libuv is inside on_alloc (get_buffer)
+  bool read_stop_pending_ = false;  // deferred out of on_alloc
+  bool close_pending_ = false;      // deferred out of on_alloc
 };
 
 }  // namespace fastloop

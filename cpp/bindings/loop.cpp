@@ -10,6 +10,7 @@
 #include <pybind11/pybind11.h>
 
 #include <climits>
+#include <memory>
 
 #include "errors.hpp"
 #include "hooks.hpp"
@@ -247,7 +248,12 @@ int loop_traverse(PyObject* self, visitproc visit, void* arg) {
 
 int loop_clear(PyObject* self) {
   Loop* loop = core_unchecked(self);
-  if (loop != nullptr) loop->clear_references();
+  if (loop == nullptr) return 0;
+  // Normally Loop.__del__ has closed an abandoned loop before the collector
+  // clears it; if it could not (a finalizer runs once), closing here
+  // releases the handles' Python owners and so breaks the cycles.
+  if (!loop->running() && !loop->close()) PyErr_Clear();
+  loop->clear_references();
   return 0;
 }
 
@@ -255,13 +261,6 @@ Loop& core(py::handle self) {
   Loop* loop = core_of(self.ptr());
   if (loop == nullptr) throw py::type_error("not an initialized fastloop loop");
   return *loop;
-}
-
-void throw_if_uv_error(int err) {
-  if (err < 0) {
-    set_uv_error(err);
-    throw py::error_already_set();
-  }
 }
 
 HandleObject* make_handle(py::handle self, py::handle callback, const py::tuple& args,
@@ -276,9 +275,9 @@ HandleObject* make_handle(py::handle self, py::handle callback, const py::tuple&
 void watch_fd(py::handle self, int fd, Interest what, py::handle callback, const py::tuple& args,
               py::handle context) {
   HandleObject* h = make_handle(self, callback, args, context);
-  const int err = core(self).fd_watchers().add(fd, what, h);
+  const bool ok = core(self).fd_watchers().add(fd, what, h);
   Py_DECREF(h);
-  throw_if_uv_error(err);
+  if (!ok) throw py::error_already_set();
 }
 
 }  // namespace
@@ -296,7 +295,11 @@ void register_loop(py::module_& m) {
                          type->tp_clear = loop_clear;
                        }));
   cls.doc() = "The C++ core of fastloop.Loop (use fastloop.Loop, not this).";
-  cls.def(py::init<>())
+  cls.def(py::init([] {
+       auto loop = std::make_unique<Loop>();
+       if (!loop->open()) throw py::error_already_set();
+       return loop.release();
+     }))
       .def(
           "_run",
           [](py::handle self) {
@@ -306,7 +309,10 @@ void register_loop(py::module_& m) {
       .def("stop", [](py::handle self) { core(self).stop(); })
       .def("is_running", [](py::handle self) { return core(self).running(); })
       .def("is_closed", [](py::handle self) { return core(self).closed(); })
-      .def("_close", [](py::handle self) { core(self).close(); })
+      .def("_close",
+           [](py::handle self) {
+             if (!core(self).close()) throw py::error_already_set();
+           })
       .def("_after_fork", [](py::handle self) { core(self).after_fork(); })
       .def("_set_debug", [](py::handle self, bool on) { core(self).set_debug(on); })
       .def(
@@ -342,7 +348,7 @@ void register_loop(py::module_& m) {
              return core(self).fd_watchers().remove(fd, Interest::kWrite);
            })
       .def_property_readonly("_signal_wakeup_fd",
-                             [](py::handle self) { return core(self).signal_wakeup().write_fd(); })
+                             [](py::handle self) { return core(self).signal_wakeup_fd(); })
       .def_property_readonly("_thread_id",
                              [](py::handle self) -> py::object {
                                Loop& l = core(self);

@@ -8,6 +8,7 @@
 #include "debug.hpp"
 #include "handles.hpp"
 #include "hooks.hpp"
+#include "loop.hpp"
 #include "registry.hpp"
 #include "sockwait.hpp"
 #include "spawn.hpp"
@@ -108,6 +109,7 @@ void register_hooks(py::module_& m) {
         d["handles"] = g_debug_counters.handles;
         d["fd_watchers"] = g_debug_counters.fd_watchers;
         d["uv_loops"] = g_debug_counters.uv_loops;
+        d["uv_handles"] = g_debug_counters.uv_handles;
         return d;
       },
       "Live handles, fd watchers and libuv loops (FASTLOOP_DEBUG builds), else None.");
@@ -124,8 +126,8 @@ void register_hooks(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloop's native core: the event loop on libuv";
-  if (!fastloop::init_strings() || !fastloop::init_handle_types(m.ptr()) ||
-      !fastloop::init_sock_wait_type(m.ptr())) {
+  if (!fastloop::init_libuv_globals() || !fastloop::init_strings() ||
+      !fastloop::init_handle_types(m.ptr()) || !fastloop::init_sock_wait_type(m.ptr())) {
     throw py::error_already_set();
   }
   fastloop::register_loop(m);

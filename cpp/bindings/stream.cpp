@@ -31,13 +31,6 @@ void check(bool ok) {
   if (!ok) throw py::error_already_set();
 }
 
-void check_uv(int err) {
-  if (err < 0) {
-    set_uv_error(err);
-    throw py::error_already_set();
-  }
-}
-
 StreamKind kind_of(const std::string& kind) {
   if (kind == "tcp") return StreamKind::kTcp;
   if (kind == "pipe") return StreamKind::kPipe;
@@ -91,9 +84,28 @@ PyObject* transport_pause_reading(PyObject* self, PyObject* /*unused*/) {
 
 PyObject* transport_resume_reading(PyObject* self, PyObject* /*unused*/) {
   StreamTransport* t = checked(self);
-  if (t == nullptr) return nullptr;
-  t->resume_reading();
+  if (t == nullptr || !t->resume_reading()) return nullptr;
   Py_RETURN_NONE;
+}
+
+// Garbage collector support: a transport and its protocol, server and loop
+// form cycles (the loop keeps an open transport alive, see owner.hpp).
+template <class T>
+void enable_gc(PyHeapTypeObject* heap_type) {
+  auto* type = &heap_type->ht_type;
+  type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+  type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
+    Py_VISIT(Py_TYPE(self));
+    const T* cpp = cpp_of<T>(self);
+    return cpp != nullptr ? cpp->traverse(visit, arg) : 0;
+  };
+  type->tp_clear = [](PyObject* self) -> int {
+    T* cpp = cpp_of<T>(self);
+    if constexpr (requires(T & t) { t.clear_references(); }) {
+      if (cpp != nullptr) cpp->clear_references();
+    }
+    return 0;
+  };
 }
 
 PyMethodDef kTransportFastMethods[] = {
@@ -111,25 +123,29 @@ PyMethodDef kTransportFastMethods[] = {
 }  // namespace
 
 void register_stream(py::module_& m) {
-  py::class_<StreamTransport> t(m, "StreamTransport");
-  t.doc() = "The native half of a TCP or Unix stream transport.";
+  py::class_<StreamTransport> t(m, "StreamTransport",
+                                py::custom_type_setup(enable_gc<StreamTransport>));
+  t.doc() = "The native half of a TCP or Unix stream transport, or of a pipe transport.";
   t.def(py::init([](py::handle loop, const std::string& kind) {
      if (core_of(loop.ptr()) == nullptr) throw py::type_error("a fastloop loop was expected");
      return new StreamTransport(loop.ptr(), kind_of(kind));
    }))
       .def(
-          "_adopt", [](py::handle self, py::handle owner) { transport(self).adopt(owner.ptr()); },
-          "Keep `owner` (the Python transport) alive until the handle is closed.")
-      .def("_open", [](py::handle self, int fd) { check_uv(transport(self).open(fd)); })
+          "_set_transport",
+          [](py::handle self, py::handle owner) { transport(self).set_transport(owner.ptr()); },
+          "The Python transport that protocols and error reports see.")
+      .def(
+          "_open", [](py::handle self, int fd) { check(transport(self).open(self.ptr(), fd)); },
+          "Take over the connected fd (libuv closes it from here).")
       .def("writelines",
            [](py::handle self, py::handle data) { check(transport(self).writelines(data.ptr())); })
       .def("write_eof", [](py::handle self) { check(transport(self).write_eof()); })
       .def("can_write_eof", [](py::handle self) { return transport(self).can_write_eof(); })
-      .def("close", [](py::handle self) { transport(self).close(); })
-      .def("abort", [](py::handle self) { transport(self).abort(); })
+      .def("close", [](py::handle self) { check(transport(self).close()); })
+      .def("abort", [](py::handle self) { check(transport(self).abort()); })
       .def("_force_close",
            [](py::handle self, py::handle exc) {
-             transport(self).force_close(exc.is_none() ? nullptr : exc.ptr());
+             check(transport(self).force_close(exc.is_none() ? nullptr : exc.ptr()));
            })
       .def("set_protocol",
            [](py::handle self, py::handle protocol) {
@@ -151,7 +167,7 @@ void register_stream(py::module_& m) {
             check(transport(self).set_write_buffer_limits(high.ptr(), low.ptr()));
           },
           py::arg("high") = py::none(), py::arg("low") = py::none())
-      .def("_start_reading", [](py::handle self) { transport(self).start_reading(); })
+      .def("_start_reading", [](py::handle self) { check(transport(self).start_reading()); })
       .def("_set_pipe_mode",
            [](py::handle self, bool write_only) { transport(self).set_pipe_mode(write_only); })
       .def("_call_connection_lost",
@@ -159,6 +175,7 @@ void register_stream(py::module_& m) {
              check(transport(self).call_connection_lost(exc.is_none() ? nullptr : exc.ptr()));
            })
       .def("_fileno", [](py::handle self) { return transport(self).fileno(); })
+      .def("_unclosed", [](py::handle self) { return transport(self).unclosed(); })
       .def("_make_empty_waiter",
            [](py::handle self) {
              PyObject* fut = transport(self).make_empty_waiter();
@@ -178,21 +195,24 @@ void register_stream(py::module_& m) {
       });
   add_fast_methods(t, kTransportFastMethods);
 
-  py::class_<StreamListener> l(m, "StreamListener");
+  py::class_<StreamListener> l(m, "StreamListener",
+                               py::custom_type_setup(enable_gc<StreamListener>));
   l.doc() = "The native half of a listening TCP or Unix socket.";
   l.def(py::init([](py::handle loop, const std::string& kind) {
      if (core_of(loop.ptr()) == nullptr) throw py::type_error("a fastloop loop was expected");
      return new StreamListener(loop.ptr(), kind_of(kind));
    }))
-      .def("_adopt", [](py::handle self) { listener(self).adopt(self.ptr()); })
-      .def("_open", [](py::handle self, int fd) { check_uv(listener(self).open(fd)); })
-      .def("_listen",
-           [](py::handle self, int backlog) { check_uv(listener(self).listen(backlog)); })
+      .def(
+          "_open",
+          [](py::handle self, int fd, int backlog) {
+            check(listener(self).open(self.ptr(), fd, backlog));
+          },
+          "Listen on a duplicate of the listening socket's fd.")
       .def("_accept",
            [](py::handle self, py::handle into) {
              auto* t = cpp_of<StreamTransport>(into.ptr());
              if (t == nullptr) throw py::type_error("a StreamTransport was expected");
-             check_uv(listener(self).accept(t));
+             check(listener(self).accept(t, into.ptr()));
            })
       .def("_close", [](py::handle self) { listener(self).close(); })
       .def("_is_closed", [](py::handle self) { return listener(self).closed(); });

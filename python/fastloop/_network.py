@@ -26,7 +26,6 @@ class NetworkMethods:
 
     create_connection = _Base.create_connection
     _create_connection_transport = _Base._create_connection_transport
-    _ensure_resolved = _Base._ensure_resolved
     _connect_sock = _Base._connect_sock
     create_server = _Base.create_server
     _create_server_getaddrinfo = _Base._create_server_getaddrinfo
@@ -94,6 +93,5 @@ class NetworkMethods:
     def _stop_serving(self, sock):
         listener = self._listeners.pop(sock.fileno(), None)
         if listener is not None:
-            listener.close()  # libuv closes the fd; the socket is detached from it
-        else:
-            sock.close()
+            listener.close()  # libuv closes its copy of the fd
+        sock.close()

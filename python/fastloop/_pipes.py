@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from asyncio import base_events, transports
 
 from ._transports import NativeStreamBacked, _set_result_unless_cancelled
@@ -34,6 +35,8 @@ def _pipe_fd(pipe, message: str) -> tuple[int, int]:
 
 class _PipeTransport(NativeStreamBacked):
     """What the read and write pipe transports share: the native object in pipe mode."""
+
+    _pipe = None
 
     # The subclasses add theirs.
     _NATIVE_METHODS = (
@@ -56,13 +59,18 @@ class _PipeTransport(NativeStreamBacked):
             native._open(fd)
         except BaseException:
             os.close(fd)  # libuv did not take it
-            native._call_connection_lost(None)  # closes the handle
             self._pipe = None
             raise
         native.set_protocol(protocol)
         loop.call_soon(protocol.connection_made, self)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def __del__(self, _warn=warnings.warn):
+        # As asyncio's pipe transports: one never closed warns when collected.
+        if self._pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._pipe.close()
 
     def _call_connection_lost(self, exc):
         """The protocol's connection_lost(exc), then the pipe is closed (as asyncio)."""

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import socket
+import warnings
 from asyncio import base_events, constants, sslproto, transports, trsock
 
 from . import _core
@@ -76,17 +77,19 @@ class NativeStreamBacked:
     """What every transport on a _core.StreamTransport shares (sockets, pipes).
 
     The native object's methods named in _NATIVE_METHODS are bound onto the
-    instance, so a call such as transport.write(data) goes straight to it; the
-    native object keeps this one alive while its libuv handle is open.
+    instance, so a call such as transport.write(data) goes straight to it.
+    While its libuv handle is open, the loop keeps the native object alive,
+    and the native object keeps this one (cpp/owner.hpp).
     """
 
     _NATIVE_METHODS: tuple[str, ...] = ()
+    _native = None
 
     def _bind_native(self, loop, kind):
         native = self._native = _core.StreamTransport(loop, kind)
         for name in self._NATIVE_METHODS:
             setattr(self, name, getattr(native, name))
-        native._adopt(self)
+        native._set_transport(self)
         return native
 
     # _FlowControlMixin keeps this in a slot; the native side owns the state.
@@ -140,6 +143,13 @@ class StreamTransport(NativeStreamBacked, transports._FlowControlMixin):
         self._sock = None
         self._bind_native(loop, kind)
 
+    def __del__(self, _warn=warnings.warn):
+        # As asyncio's transports: one never closed warns when it is collected
+        # (its handle was closed by loop.close(), or it could not be collected).
+        native = self._native
+        if native is not None and native._unclosed():
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+
     def _start(self, sock, protocol, extra, server, waiter):
         """Begin as asyncio's transports do: connection_made, then reading."""
         self._sock = sock
@@ -175,11 +185,7 @@ def make_socket_transport(loop, sock, protocol, waiter=None, *, extra=None, serv
     """asyncio's _make_socket_transport: wrap a connected socket."""
     kind = "pipe" if sock.family == socket.AF_UNIX else "tcp"
     transport = StreamTransport(loop, kind)
-    try:
-        transport._open(sock.fileno())
-    except BaseException:
-        transport._call_connection_lost(None)  # closes the handle
-        raise
+    transport._open(sock.fileno())  # on failure the socket is still the caller's
     transport._start(sock, protocol, _socket_extra(sock, extra), server, waiter)
     return transport
 
@@ -231,7 +237,6 @@ class Listener(_core.StreamListener):
     ):
         self._kind = "pipe" if sock.family == socket.AF_UNIX else "tcp"
         super().__init__(loop, self._kind)
-        self._adopt()
         self._loop = loop
         self._sock = sock
         self._protocol_factory = protocol_factory
@@ -239,18 +244,12 @@ class Listener(_core.StreamListener):
         self._server = server
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
-        try:
-            self._open(sock.fileno())
-            self._listen(backlog)
-        except BaseException:
-            self.close()
-            raise
+        # libuv listens on a copy of the fd; the socket stays the Server's.
+        self._open(sock.fileno(), backlog)
 
     def close(self):
-        """Stop listening; libuv closes the fd, so the socket object lets go of it."""
-        if not self._is_closed():
-            self._sock.detach()
-            self._close()
+        """Stop listening (the socket itself is the Server's to close)."""
+        self._close()
 
     def _on_connection(self):
         loop = self._loop
@@ -258,7 +257,6 @@ class Listener(_core.StreamListener):
         try:
             self._accept(transport._native)
         except OSError as exc:
-            transport._call_connection_lost(None)  # closes the handle
             self._on_accept_error(exc)
             return
         sock = socket.socket(fileno=transport._fileno())
