@@ -8,7 +8,11 @@ that this file lists the argument checks in one place.
 
 import asyncio
 import contextvars
+import datetime
+import os
 import signal
+import socket
+from decimal import Decimal
 
 import pytest
 
@@ -214,3 +218,223 @@ def test_handle_methods_take_no_arguments(loop):
         t.when(1)
     h.cancel()
     t.cancel()
+
+
+# -- issue 9, item 16 ----------------------------------------------------------------------
+
+
+class _FloatOnly:
+    """Converts to float (as numpy-like scalars do) but cannot be added to one."""
+
+    def __float__(self):
+        return 1.5
+
+
+class _IndexOnly:
+    def __index__(self):
+        return 2
+
+
+# asyncio's call_later is call_at(self.time() + delay): a delay that a float cannot be
+# added to is refused with the TypeError of that addition, and an int too large for a
+# float with its OverflowError. (The delays it accepts are in test_timers.py.)
+REFUSED_DELAYS = {
+    "Decimal": (Decimal("1.5"), TypeError),
+    "__float__ only": (_FloatOnly(), TypeError),
+    "__index__ only": (_IndexOnly(), TypeError),
+    "timedelta": (datetime.timedelta(seconds=1), TypeError),
+    "10**400": (10**400, OverflowError),
+    "-10**400": (-(10**400), OverflowError),
+}
+
+
+@pytest.mark.parametrize("delay, exc_type", REFUSED_DELAYS.values(), ids=REFUSED_DELAYS)
+def test_call_later_refuses_what_does_not_add_to_a_float(loop, delay, exc_type):
+    """issue 9, item 16: call_later(Decimal('1.5'), cb) raises TypeError on asyncio's
+    loop; fastloop converted anything with __float__ or __index__."""
+    with pytest.raises(exc_type):
+        loop.call_later(delay, print)
+    # Nothing was scheduled.
+    out = []
+    loop.call_soon(out.append, "soon")
+    run_briefly(loop)
+    assert out == ["soon"]
+
+
+BIG = 2**64
+
+# id -> (keyword arguments, None if accepted else (exception, asyncio's message or None))
+WRITE_BUFFER_LIMITS = {
+    "high=2**64": (dict(high=BIG), None),
+    "low=2**64": (dict(low=BIG), None),
+    "high=2**64,low=2**63": (dict(high=BIG, low=2**63), None),
+    "high=2**63": (dict(high=2**63), None),
+    "high=2**63-1": (dict(high=2**63 - 1), None),
+    "high=10**30,low=10**29": (dict(high=10**30, low=10**29), None),
+    "high=True": (dict(high=True), None),
+    "high=0": (dict(high=0), None),
+    "low=0": (dict(low=0), None),
+    "defaults": (dict(high=None, low=None), None),
+    "high=-1": (dict(high=-1), (ValueError, "high (-1) must be >= low (-1) must be >= 0")),
+    "high=-3": (dict(high=-3), (ValueError, "high (-3) must be >= low (-1) must be >= 0")),
+    "low=-1": (dict(low=-1), (ValueError, "high (-4) must be >= low (-1) must be >= 0")),
+    "high<low": (dict(high=10, low=20), (ValueError, "high (10) must be >= low (20) must be >= 0")),
+    "high=-2**64": (
+        dict(high=-BIG),
+        (ValueError, f"high ({-BIG}) must be >= low ({-BIG // 4}) must be >= 0"),
+    ),
+    "low=-2**64": (
+        dict(low=-BIG),
+        (ValueError, f"high ({-4 * BIG}) must be >= low ({-BIG}) must be >= 0"),
+    ),
+    "high=10,low=-2**64": (
+        dict(high=10, low=-BIG),
+        (ValueError, f"high (10) must be >= low ({-BIG}) must be >= 0"),
+    ),
+    "high=str": (dict(high="x"), (TypeError, None)),
+    "low=str": (dict(low="x"), (TypeError, None)),
+}
+
+
+def expected_limits(high=None, low=None):
+    """get_write_buffer_limits() after set_write_buffer_limits(high, low) on asyncio."""
+    if high is None:
+        high = 64 * 1024 if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    return (low, high)
+
+
+async def _write_transports(loop):
+    """A TCP transport and a write-pipe transport, each with a peer that never reads,
+    and a function that closes them all."""
+    a, b = socket.socketpair()
+    tcp, tcp_pr = await loop.create_connection(asyncio.Protocol, sock=a)
+    r, w = os.pipe()
+    pipe, pipe_pr = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb"))
+
+    async def close():
+        tcp.abort()
+        pipe.abort()
+        await asyncio.sleep(0.01)
+        b.close()
+        os.close(r)
+
+    return {"tcp": tcp, "pipe": pipe}, close
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kwargs, error", WRITE_BUFFER_LIMITS.values(), ids=WRITE_BUFFER_LIMITS)
+def test_set_write_buffer_limits_int_values(loop, kwargs, error):
+    """issue 9, item 16: set_write_buffer_limits takes any int, as asyncio's transports
+    do (fastloop raised OverflowError for high=2**64 and for hugely negative values,
+    where asyncio raises ValueError), and reports the limits it was given."""
+
+    async def main():
+        transports, close = await _write_transports(loop)
+        results = {}
+        try:
+            for kind, tr in transports.items():
+                try:
+                    tr.set_write_buffer_limits(**kwargs)
+                except Exception as exc:
+                    results[kind] = exc
+                else:
+                    results[kind] = tr.get_write_buffer_limits()
+        finally:
+            await close()
+        return results
+
+    results = loop.run_until_complete(main())
+    for kind, got in results.items():
+        if error is None:
+            assert got == expected_limits(**kwargs), kind
+        else:
+            exc_type, message = error
+            assert type(got) is exc_type, (kind, got)
+            if message is not None:
+                assert str(got) == message, kind
+
+
+@pytest.mark.timeout(30)
+def test_huge_write_buffer_limit_never_pauses_writing(loop):
+    """issue 9, item 16: with high=2**64 nothing a program can queue pauses the
+    protocol; with the default limits the same writes do."""
+
+    class Recorder(asyncio.Protocol):
+        def __init__(self):
+            self.paused = 0
+
+        def pause_writing(self):
+            self.paused += 1
+
+    async def main():
+        a, b = socket.socketpair()
+        try:
+            tr, pr = await loop.create_connection(Recorder, sock=a)
+            tr.set_write_buffer_limits(high=2**64)
+            for _ in range(64):
+                tr.write(b"x" * 65536)  # 4 MiB: more than the kernel buffers hold
+            await asyncio.sleep(0.01)
+            huge = (pr.paused, tr.get_write_buffer_size() > 0)
+            tr.set_write_buffer_limits()
+            default = pr.paused
+            tr.abort()
+            await asyncio.sleep(0.01)
+            return huge, default
+        finally:
+            b.close()
+
+    (paused, buffered), paused_after_reset = loop.run_until_complete(main())
+    assert buffered, "the peer's buffers took everything: the test proves nothing"
+    assert paused == 0
+    assert paused_after_reset == 1
+
+
+FLOAT_LIMITS = {
+    "high=1.5": dict(high=1.5),
+    "high=100.0,low=10.0": dict(high=100.0, low=10.0),
+    "low=2.5": dict(low=2.5),
+    "high=inf,low=0": dict(high=float("inf"), low=0),
+    "high=nan": dict(high=float("nan")),
+    "high=inf": dict(high=float("inf")),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kwargs", FLOAT_LIMITS.values(), ids=FLOAT_LIMITS)
+def test_set_write_buffer_limits_float_values(loop, loop_name, kwargs):
+    """issue 9, item 16 (floats): asyncio's transports compare whatever they are given,
+    so floats are accepted (and nan, or inf without low, refused with ValueError). A
+    byte count is an int: refusing every float with TypeError is the stricter error the
+    issue allows for fastloop; otherwise it must do what asyncio does."""
+
+    async def main():
+        transports, close = await _write_transports(loop)
+        results = {}
+        try:
+            for kind, tr in transports.items():
+                try:
+                    tr.set_write_buffer_limits(**kwargs)
+                except Exception as exc:
+                    results[kind] = type(exc)
+                else:
+                    results[kind] = tr.get_write_buffer_limits()
+        finally:
+            await close()
+        return results
+
+    results = loop.run_until_complete(main())
+    high, low = kwargs.get("high"), kwargs.get("low")
+    if high is None:
+        high = 4 * low
+    if low is None:
+        low = high // 4
+    asyncio_result = (low, high) if high >= low >= 0 else ValueError
+    for kind, got in results.items():
+        if loop_name == "fastloop" and got is TypeError:
+            continue  # the stricter error, see the docstring
+        if asyncio_result is ValueError:
+            assert got is ValueError, kind
+        else:
+            assert got == asyncio_result, kind

@@ -5,8 +5,10 @@ what they schedule runs in the next one."""
 import asyncio
 import contextvars
 import gc
+import json
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +16,7 @@ import weakref
 
 import pytest
 
-from .conftest import new_loop, run_briefly
+from .conftest import debug_counters, new_loop, run_briefly
 
 VAR = contextvars.ContextVar("VAR", default="unset")
 
@@ -441,3 +443,181 @@ def test_reference_counts_balance(loop):
     assert counts() == before
     loop.close()
     assert counts() == before
+
+
+# -- issue 9 -------------------------------------------------------------------------------
+
+CALL_SOON_WITHOUT_MEMORY = """
+import asyncio, json, sys, _testcapi
+if sys.argv[1] == "fastloop":
+    import fastloop
+    loop = fastloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+nargs = int(sys.argv[2])
+loop.set_debug(sys.argv[3] == "debug")
+ran = []
+def cb(*args):
+    ran.append(args)
+call = (cb, *range(nargs))
+call_soon = loop.call_soon  # bound now: the calls below allocate as little as possible
+call_soon(*call).cancel()
+# Tuples of up to 19 items come from a free list without calling the allocator: hold
+# enough of them alive that the handle's argument tuple must be allocated.
+keep = [tuple([i] * nargs) for i in range(3000)]
+outcomes = []
+# Fail the i-th allocation from here on, for i = 0, 1, 2... until a call_soon gets
+# through: every allocation call_soon makes fails once.
+for i in range(5000):
+    _testcapi.set_nomemory(i, i + 1)
+    try:
+        call_soon(*call)
+    except BaseException as exc:
+        _testcapi.remove_mem_hooks()
+        outcomes.append(type(exc).__name__)
+        continue
+    _testcapi.remove_mem_hooks()
+    outcomes.append("ok")
+    break
+loop.stop()
+loop.run_forever()
+loop.close()
+print(json.dumps({"outcomes": outcomes, "ran": ran, "expected": call[1:]}))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["plain", "debug"])
+@pytest.mark.parametrize("nargs", [4, 25])
+def test_call_soon_with_many_args_when_memory_runs_out(loop_name, nargs, mode):
+    """issue 9, item 5: call_soon with more than 3 arguments whose argument tuple cannot
+    be allocated raises MemoryError, as asyncio's does.
+
+    fastloop kept the handle's argument count when the tuple allocation failed, and
+    freeing the half-made handle then read that many "inline" arguments past the end
+    of its inline slots: a stack-buffer-overflow under ASan (out of bounds under
+    UBSan), a SIGSEGV in the release build. Run in a child process, which inherits
+    the sanitizer environment of `make sanitize` (LD_PRELOAD, ASAN_OPTIONS...).
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", CALL_SOON_WITHOUT_MEMORY, loop_name, str(nargs), mode],
+            capture_output=True,
+            text=True,
+            timeout=45,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child hung")
+    assert out.returncode == 0, f"exit status {out.returncode}\n{out.stderr[-3000:]}"
+    result = json.loads(out.stdout.splitlines()[-1])
+    outcomes = result["outcomes"]
+    assert outcomes[-1] == "ok", outcomes
+    assert set(outcomes[:-1]) == {"MemoryError"}, outcomes
+    # The call that got through ran with its arguments. (In debug mode asyncio may
+    # raise MemoryError after it queued the handle, so failed calls can run too.)
+    assert result["ran"]
+    assert all(args == result["expected"] for args in result["ran"])
+
+
+def test_handles_can_be_weakly_referenced(loop):
+    """issue 9, item 19: Handle and TimerHandle objects support weak references, as
+    asyncio's (and uvloop's) do; a weak reference dies with its handle, and is not
+    revived when the handle's memory is reused for a new one."""
+    handles = {
+        "call_soon": loop.call_soon(_noop),
+        "call_soon_threadsafe": loop.call_soon_threadsafe(_noop),
+        "call_later": loop.call_later(10, _noop),
+        "call_at": loop.call_at(loop.time() + 10, _noop),
+    }
+    refs = {name: weakref.ref(h) for name, h in handles.items()}
+    assert all(refs[name]() is h for name, h in handles.items())
+    live = weakref.WeakSet(handles.values())
+    assert len(live) == 4
+    handles["call_later"].cancel()
+    handles["call_at"].cancel()
+    run_briefly(loop)
+    del handles
+    gc.collect()
+    assert {name: ref() for name, ref in refs.items()} == dict.fromkeys(refs)
+    assert len(live) == 0
+    # New handles (fastloop takes them from its free list) are not reachable through
+    # the dead references.
+    fresh = [loop.call_soon(_noop) for _ in range(10)] + [loop.call_later(10, _noop)]
+    assert all(ref() is None for ref in refs.values())
+    for h in fresh:
+        h.cancel()
+    run_briefly(loop)
+
+
+def handle_classes(loop_name):
+    """(Handle, TimerHandle) of the named loop: asyncio's public classes, or the ones
+    of fastloop's core that its call_soon and call_later return."""
+    if loop_name == "asyncio":
+        return asyncio.Handle, asyncio.TimerHandle
+    from fastloop import _core
+
+    return _core.Handle, _core.TimerHandle
+
+
+def test_handle_subclass_instances(loop, loop_name):
+    """issue 9, item 17: a Python subclass of the loop's Handle class makes instances
+    of the subclass (fastloop's Handle made base instances, ignoring the subclass);
+    they run, cancel and are collected."""
+    handle_cls, _ = handle_classes(loop_name)
+
+    class Tagged(handle_cls):
+        tag = "class attribute"
+
+        def describe(self):
+            return f"tagged {self.tag}"
+
+    gc.collect()
+    counters = debug_counters(loop_name)
+    got = []
+    h = Tagged(got.append, ("ran",), loop)
+    assert type(h) is Tagged
+    assert isinstance(h, handle_cls)
+    assert h.describe() == "tagged class attribute"
+    h.note = "instance attribute"  # a subclass without __slots__ has a __dict__
+    assert h.note == "instance attribute"
+    assert not h.cancelled()
+    h._run()
+    assert got == ["ran"]
+    h.cancel()
+    assert h.cancelled()
+    assert "cancelled" in repr(h)
+
+    # Collected, including through a reference cycle.
+    ref = weakref.ref(h)
+    h.me = h
+    del h
+    gc.collect()
+    assert ref() is None
+    if counters is not None:
+        # fastloop's debug build counts live Handle objects: none left behind.
+        assert debug_counters(loop_name)["handles"] == counters["handles"]
+
+
+def test_handle_subclass_with_init(loop, loop_name):
+    """issue 9, item 17: a subclass whose __init__ calls super().__init__(callback, args,
+    loop, context), the usual way to extend asyncio.Handle, gets its instances
+    initialised by it."""
+    handle_cls, _ = handle_classes(loop_name)
+
+    class WithInit(handle_cls):
+        def __init__(self, callback, args, loop, context=None):
+            super().__init__(callback, args, loop, context)
+            self.label = "initialised"
+
+    ctx = contextvars.copy_context()
+    ctx.run(VAR.set, "in ctx")
+    seen = []
+    h = WithInit(lambda x: seen.append((x, VAR.get())), (1,), loop, ctx)
+    assert type(h) is WithInit
+    assert h.label == "initialised"
+    h._run()
+    assert seen == [(1, "in ctx")]
+    ref = weakref.ref(h)
+    del h
+    gc.collect()
+    assert ref() is None

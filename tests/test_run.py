@@ -6,6 +6,8 @@ import gc
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -445,3 +447,58 @@ def test_keyboard_interrupt_from_io_callbacks_propagates(loop, source):
         a.close()
         b.close()
     assert loop.run_until_complete(asyncio.sleep(0, "again")) == "again"
+
+
+CORE_CLOSE_WHILE_RUNNING = """
+import asyncio, fastloop
+loop = fastloop.new_event_loop()
+errors = []
+
+def close_from_callback():
+    try:
+        loop._close()
+    except RuntimeError as exc:
+        errors.append(str(exc))
+
+async def close_from_task():
+    close_from_callback()
+    await asyncio.sleep(0.05)  # the 1 ms timer below runs meanwhile
+    return "task went on"
+
+loop.call_soon(close_from_callback)
+loop.call_later(0.001, close_from_callback)
+print(loop.run_until_complete(close_from_task()))
+print(errors)
+print(loop.is_closed())
+loop.close()
+print(loop.is_closed())
+"""
+
+
+@pytest.mark.timeout(30)
+def test_core_refuses_to_close_a_running_loop():
+    """issue 9, item 4: the core's _close() called from a callback or a task of the
+    running loop raises RuntimeError('Cannot close a running event loop'), as close()
+    does, and the loop goes on; fastloop freed the ready queue under the running
+    iteration (SIGSEGV).
+
+    fastloop only: _close() is the core's internal entry point, which Loop.close()
+    calls after its own checks (asyncio's loop has no such method). Run in a child
+    process, since it crashed.
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", CORE_CLOSE_WHILE_RUNNING],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child hung")
+    assert out.returncode == 0, f"exit status {out.returncode}\n{out.stderr[-3000:]}"
+    assert out.stdout.splitlines() == [
+        "task went on",
+        repr(["Cannot close a running event loop"] * 3),
+        "False",
+        "True",
+    ]

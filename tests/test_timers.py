@@ -1,15 +1,20 @@
 """call_later / call_at, TimerHandle, and the loop's clock."""
 
 import contextvars
+import gc
 import random
 import subprocess
 import sys
 import threading
 import time
+import weakref
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
-from .conftest import run_briefly
+from .conftest import debug_counters, run_briefly
+from .test_callbacks import handle_classes
 
 
 def early_tolerance(loop, loop_name):
@@ -405,3 +410,151 @@ def test_cancelling_the_earliest_timer_keeps_the_next_one(loop):
     loop.run_forever()
     assert out == ["second"]
     assert time.monotonic() - t0 < 1.0
+
+
+# -- issue 9 -------------------------------------------------------------------------------
+
+
+class _AddsToFloat:
+    """A delay type that only knows how to be added to a float (``__radd__``)."""
+
+    def __radd__(self, other):
+        return other + 1.5
+
+
+class _IntSub(int):
+    pass
+
+
+class _FloatSub(float):
+    pass
+
+
+# asyncio's call_later is call_at(self.time() + delay): whatever ``float + delay``
+# accepts is a delay, and the deadline is the sum.
+ACCEPTED_DELAYS = {
+    "Fraction": (Fraction(3, 2), 1.5),
+    "__radd__": (_AddsToFloat(), 1.5),
+    "int subclass": (_IntSub(2), 2.0),
+    "float subclass": (_FloatSub(1.5), 1.5),
+    "bool": (True, 1.0),
+    "2**63": (2**63, float(2**63)),
+}
+
+
+@pytest.mark.parametrize("delay, seconds", ACCEPTED_DELAYS.values(), ids=ACCEPTED_DELAYS)
+def test_call_later_accepts_what_adds_to_a_float(loop, delay, seconds):
+    """issue 9, item 16: call_later takes any delay that ``loop.time() + delay`` takes
+    (fastloop refused an object with only __radd__)."""
+    before = loop.time()
+    h = loop.call_later(delay, lambda: None)
+    after = loop.time()
+    assert before + seconds <= h.when() <= after + seconds
+    h.cancel()
+
+
+# A deadline is kept as given (asyncio: TimerHandle(when, ...) stores it). fastloop keeps
+# a float: where the value has no float, the deadline may be +-inf, but it must fire
+# (or not) as the exact value does.
+CALL_AT_DEADLINES = {
+    "Decimal": (Decimal("1.5"), True),
+    "Fraction": (Fraction(3, 2), True),
+    "int subclass": (_IntSub(2), True),
+    "float subclass": (_FloatSub(1.5), True),
+    "bool": (True, True),
+    "2**63": (2**63, False),
+    "10**400": (10**400, False),
+    "2**1024": (2**1024, False),
+    "-10**400": (-(10**400), True),
+}
+
+
+@pytest.mark.parametrize("when, due", CALL_AT_DEADLINES.values(), ids=CALL_AT_DEADLINES)
+def test_call_at_keeps_any_real_deadline(loop, when, due):
+    """issue 9, item 16: call_at(10**400, cb) is accepted, as on asyncio's loop, and so
+    is any other real number, beyond the range of a float or not (fastloop raised
+    OverflowError)."""
+    out = []
+    h = loop.call_at(when, out.append, "ran")
+    if abs(when) < 2**1023:
+        assert h.when() == when
+    elif when > 0:
+        assert h.when() >= when
+    else:
+        assert h.when() <= when
+    # stop() first: one iteration, which runs what is due and does not sleep.
+    run_briefly(loop)
+    assert out == (["ran"] if due else [])
+    h.cancel()
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("when", [10**400, 2**1024], ids=["10**400", "2**1024"])
+def test_deadline_beyond_float_range_never_fires_nor_blocks_others(loop, when):
+    """issue 9, item 16: a call_at deadline no float can hold waits forever without
+    holding back the timers before it."""
+    out = []
+    h = loop.call_at(when, out.append, "huge")
+    loop.call_later(0.01, out.append, "soon")
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert out == ["soon"]
+    h.cancel()
+
+
+def test_timer_handle_constructed_directly(loop, loop_name):
+    """issue 9, item 17: the loop's TimerHandle class, called as asyncio.TimerHandle
+    (when, callback, args, loop, context=None), makes a TimerHandle with that deadline
+    (fastloop's parsed the arguments as Handle's and returned a Handle)."""
+    _, timer_cls = handle_classes(loop_name)
+    ctx = contextvars.copy_context()
+    var = contextvars.ContextVar("var", default="unset")
+    ctx.run(var.set, "in ctx")
+    got = []
+    when = loop.time() + 12.375
+    h = timer_cls(when, lambda *a: got.append((a, var.get())), (1, "two"), loop, ctx)
+    assert type(h) is timer_cls
+    assert h.when() == when
+    assert not h.cancelled()
+    assert repr(h).startswith("<TimerHandle")
+    h._run()
+    assert got == [((1, "two"), "in ctx")]
+    h.cancel()
+    assert h.cancelled()
+    # Without a context: a copy of the current one, as asyncio's.
+    h2 = timer_cls(when, got.append, ("no ctx",), loop)
+    assert type(h2) is timer_cls and h2.when() == when
+    h2._run()
+    assert got[-1] == "no ctx"
+
+
+def test_timer_handle_subclass_instances(loop, loop_name):
+    """issue 9, item 17: TimerHandle can be subclassed (fastloop's refused to be a base
+    type), and the subclass's instances run, cancel and are collected."""
+    _, timer_cls = handle_classes(loop_name)
+
+    class Labelled(timer_cls):
+        def label(self):
+            return f"due at {self.when()}"
+
+    gc.collect()
+    counters = debug_counters(loop_name)
+    got = []
+    when = loop.time() + 5
+    h = Labelled(when, got.append, ("ran",), loop)
+    assert type(h) is Labelled
+    assert h.label() == f"due at {when}"
+    assert h.when() == when
+    h.extra = "instance attribute"
+    h._run()
+    assert got == ["ran"]
+    h.cancel()
+    assert h.cancelled()
+    ref = weakref.ref(h)
+    h.me = h
+    del h
+    gc.collect()
+    assert ref() is None
+    if counters is not None:
+        # fastloop's debug build counts live Handle objects: none left behind.
+        assert debug_counters(loop_name)["handles"] == counters["handles"]
