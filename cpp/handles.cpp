@@ -2,6 +2,8 @@
 
 #include <structmember.h>
 
+#include <cmath>
+
 #include "debug.hpp"
 #include "hooks.hpp"
 #include "loop.hpp"
@@ -20,15 +22,36 @@ int g_free_handles_n = 0;
 TimerHandleObject* g_free_timers[kFreeListMax];
 int g_free_timers_n = 0;
 
+// Every field a handle owns, empty (a fresh or recycled object's state).
+void init_empty(HandleObject* h) noexcept {
+  h->callback = nullptr;
+  h->context = nullptr;
+  h->loop = nullptr;
+  h->core = nullptr;
+  h->args_tuple = nullptr;
+  h->source_traceback = nullptr;
+  h->cached_repr = nullptr;
+  h->weakreflist = nullptr;
+  h->nargs = 0;
+  h->slots[0] = nullptr;
+  h->cancelled = false;
+  h->running = false;
+}
+
 template <class T>
 T* alloc_from(PyTypeObject* type, T** list, int& n) noexcept {
+  T* h = nullptr;
   if (n > 0) {
-    T* h = list[--n];
+    h = list[--n];
     // The memory kept its ob_type; only the reference count is new.
     _Py_NewReference(reinterpret_cast<PyObject*>(h));
-    return h;
+  } else {
+    h = PyObject_GC_New(T, type);
+    if (h == nullptr) return nullptr;
   }
-  return PyObject_GC_New(T, type);
+  init_empty(h);
+  FASTLOOP_COUNT(handles, 1);
+  return h;
 }
 
 PyObject* const* handle_argv(HandleObject* h, size_t* nargsf) noexcept {
@@ -64,32 +87,28 @@ void clear_all(HandleObject* h) noexcept {
   Py_CLEAR(h->cached_repr);
 }
 
+// Fills an empty handle. On failure (false, exception set) what was filled
+// is consistent for clear_all(): nargs counts only the arguments held.
 bool fill_handle(HandleObject* h, PyObject* loop, Loop* core, PyObject* callback,
                  PyObject* const* args, Py_ssize_t nargs, PyObject* context) noexcept {
   h->callback = Py_NewRef(callback);
   h->loop = Py_NewRef(loop);
   h->core = core;
-  h->source_traceback = nullptr;
-  h->cached_repr = nullptr;
-  h->cancelled = false;
-  h->running = false;
-  h->nargs = nargs;
-  h->slots[0] = nullptr;
   if (nargs <= kInlineArgs) {
-    h->args_tuple = nullptr;
     for (Py_ssize_t i = 0; i < nargs; ++i) h->slots[1 + i] = Py_NewRef(args[i]);
   } else {
-    h->args_tuple = PyTuple_New(nargs);
-    if (h->args_tuple != nullptr) {
-      for (Py_ssize_t i = 0; i < nargs; ++i) PyTuple_SET_ITEM(h->args_tuple, i, Py_NewRef(args[i]));
-    }
+    PyObject* tuple = PyTuple_New(nargs);
+    if (tuple == nullptr) return false;
+    for (Py_ssize_t i = 0; i < nargs; ++i) PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    h->args_tuple = tuple;
   }
+  h->nargs = nargs;
   if (context == nullptr || context == Py_None) {
     h->context = PyContext_CopyCurrent();
   } else {
     h->context = Py_NewRef(context);
   }
-  if (h->context == nullptr || (nargs > kInlineArgs && h->args_tuple == nullptr)) return false;
+  if (h->context == nullptr) return false;
   if (core->debug()) {
     h->source_traceback = PyObject_CallNoArgs(g_hooks.extract_stack);
     if (h->source_traceback == nullptr) return false;
@@ -99,7 +118,6 @@ bool fill_handle(HandleObject* h, PyObject* loop, Loop* core, PyObject* callback
 
 template <class T>
 T* finish_new(T* h, bool ok) noexcept {
-  FASTLOOP_COUNT(handles, 1);
   PyObject_GC_Track(h);
   if (!ok) {
     Py_DECREF(h);
@@ -132,13 +150,18 @@ int handle_clear(PyObject* self) {
 void handle_dealloc(PyObject* self) {
   FASTLOOP_COUNT(handles, -1);
   PyObject_GC_UnTrack(self);
-  clear_all(reinterpret_cast<HandleObject*>(self));
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  // Before the handle can be recycled: a dead weak reference stays dead.
+  if (h->weakreflist != nullptr) PyObject_ClearWeakRefs(self);
+  clear_all(h);
   if (Py_IS_TYPE(self, &HandleType) && g_free_handles_n < kFreeListMax) {
-    g_free_handles[g_free_handles_n++] = reinterpret_cast<HandleObject*>(self);
+    g_free_handles[g_free_handles_n++] = h;
   } else if (Py_IS_TYPE(self, &TimerHandleType) && g_free_timers_n < kFreeListMax) {
     g_free_timers[g_free_timers_n++] = reinterpret_cast<TimerHandleObject*>(self);
   } else {
-    PyObject_GC_Del(self);
+    // A Python subclass's instance: its type's allocator (subtype_dealloc
+    // releases the heap type's reference after this returns).
+    Py_TYPE(self)->tp_free(self);
   }
 }
 
@@ -148,23 +171,68 @@ PyObject* handle_repr(PyObject* self) {
   return PyObject_CallOneArg(g_hooks.handle_repr, self);
 }
 
-// Handle(callback, args, loop, context=None), as asyncio.events.Handle.
-PyObject* handle_new(PyTypeObject* /*type*/, PyObject* args, PyObject* kwargs) {
-  static const char* kwlist[] = {"callback", "args", "loop", "context", nullptr};
-  PyObject *callback = nullptr, *cb_args = nullptr, *loop = nullptr, *context = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:Handle", const_cast<char**>(kwlist),
-                                   &callback, &cb_args, &loop, &context)) {
-    return nullptr;
+// Handle(callback, args, loop, context=None) and TimerHandle(when, callback,
+// args, loop, context=None), as asyncio.events' classes: __new__ makes an
+// empty handle of the requested type (a subclass included), __init__ fills
+// it, so a subclass's __init__ can call super().__init__(...) as with asyncio.
+PyObject* handle_new(PyTypeObject* type, PyObject* /*args*/, PyObject* /*kwargs*/) {
+  HandleObject* h = nullptr;
+  if (type == &HandleType) {
+    h = alloc_from(&HandleType, g_free_handles, g_free_handles_n);
+  } else if (type == &TimerHandleType) {
+    h = alloc_from(&TimerHandleType, g_free_timers, g_free_timers_n);
+  } else {
+    h = reinterpret_cast<HandleObject*>(type->tp_alloc(type, 0));
+    if (h == nullptr) return nullptr;
+    init_empty(h);
+    FASTLOOP_COUNT(handles, 1);
+    // tp_alloc tracked it already.
+    return reinterpret_cast<PyObject*>(h);
   }
+  if (h == nullptr) return nullptr;
+  if (PyObject_TypeCheck(h, &TimerHandleType)) {
+    auto* t = reinterpret_cast<TimerHandleObject*>(h);
+    t->when = 0.0;
+    t->scheduled = false;
+  }
+  PyObject_GC_Track(h);
+  return reinterpret_cast<PyObject*>(h);
+}
+
+int handle_init(PyObject* self, PyObject* args, PyObject* kwargs) {
+  auto* h = reinterpret_cast<HandleObject*>(self);
+  const bool timer = PyObject_TypeCheck(self, &TimerHandleType) != 0;
+  static const char* kHandleKw[] = {"callback", "args", "loop", "context", nullptr};
+  static const char* kTimerKw[] = {"when", "callback", "args", "loop", "context", nullptr};
+  PyObject *when = nullptr, *callback = nullptr, *cb_args = nullptr, *loop = nullptr;
+  PyObject* context = Py_None;
+  const bool parsed = timer ? PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|O:TimerHandle",
+                                                          const_cast<char**>(kTimerKw), &when,
+                                                          &callback, &cb_args, &loop, &context)
+                            : PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:Handle",
+                                                          const_cast<char**>(kHandleKw), &callback,
+                                                          &cb_args, &loop, &context);
+  if (!parsed) return -1;
   Loop* core = core_of(loop);
   if (core == nullptr) {
     PyErr_SetString(PyExc_TypeError, "Handle() needs a fastloop loop");
-    return nullptr;
+    return -1;
   }
+  double deadline = 0.0;
+  if (timer && !deadline_of(when, &deadline)) return -1;
   Ref seq(cb_args == Py_None ? PyTuple_New(0) : PySequence_Tuple(cb_args));
-  if (!seq) return nullptr;
-  return reinterpret_cast<PyObject*>(new_handle(
-      loop, core, callback, &PyTuple_GET_ITEM(seq.get(), 0), PyTuple_GET_SIZE(seq.get()), context));
+  if (!seq) return -1;
+  if (h->running) {
+    PyErr_SetString(PyExc_RuntimeError, "cannot re-initialize a running handle");
+    return -1;
+  }
+  clear_all(h);  // __init__ called again: start from empty
+  h->cancelled = false;
+  if (timer) reinterpret_cast<TimerHandleObject*>(h)->when = deadline;
+  return fill_handle(h, loop, core, callback, &PyTuple_GET_ITEM(seq.get(), 0),
+                     PyTuple_GET_SIZE(seq.get()), context)
+             ? 0
+             : -1;
 }
 
 PyObject* handle_cancel_meth(PyObject* self, PyObject* /*unused*/) {
@@ -181,6 +249,7 @@ PyObject* handle_get_context(PyObject* self, PyObject* /*unused*/) {
 }
 
 PyObject* handle_run_meth(PyObject* self, PyObject* /*unused*/) {
+  // An empty handle (a subclass whose __init__ did not fill it) runs nothing.
   auto* h = reinterpret_cast<HandleObject*>(self);
   if (h->cancelled || h->callback == nullptr) Py_RETURN_NONE;
   if (!run_handle(h)) return nullptr;
@@ -339,6 +408,27 @@ bool check_callback(PyObject* callback, const char* method) noexcept {
   return true;
 }
 
+bool deadline_of(PyObject* when, double* out) noexcept {
+  if (PyFloat_CheckExact(when)) {
+    *out = PyFloat_AS_DOUBLE(when);
+    return true;
+  }
+  const double d = PyFloat_AsDouble(when);
+  if (d == -1.0 && PyErr_Occurred()) {
+    // An int no float can hold: asyncio keeps it as it is; here it is a
+    // deadline at infinity (never due) or minus infinity (due at once).
+    if (!PyLong_Check(when) || !PyErr_ExceptionMatches(PyExc_OverflowError)) return false;
+    PyErr_Clear();
+    Ref zero(PyLong_FromLong(0));
+    const int negative = zero ? PyObject_RichCompareBool(when, zero.get(), Py_LT) : -1;
+    if (negative < 0) return false;
+    *out = negative == 1 ? -HUGE_VAL : HUGE_VAL;
+    return true;
+  }
+  *out = d;
+  return true;
+}
+
 HandleObject* new_handle(PyObject* loop, Loop* core, PyObject* callback, PyObject* const* args,
                          Py_ssize_t nargs, PyObject* context) noexcept {
   HandleObject* h = alloc_from(&HandleType, g_free_handles, g_free_handles_n);
@@ -374,6 +464,7 @@ void cancel_handle(HandleObject* h) noexcept {
 }
 
 bool run_handle(HandleObject* h) noexcept {
+  if (h->callback == nullptr || h->context == nullptr) return true;  // an empty handle
   size_t nargsf = 0;
   PyObject* const* argv = handle_argv(h, &nargsf);
   PyObject* result = nullptr;
@@ -416,6 +507,8 @@ bool init_handle_types(PyObject* module) noexcept {
   HandleType.tp_basicsize = sizeof(HandleObject);
   HandleType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE;
   HandleType.tp_new = handle_new;
+  HandleType.tp_init = handle_init;
+  HandleType.tp_weaklistoffset = offsetof(HandleObject, weakreflist);
   HandleType.tp_dealloc = handle_dealloc;
   HandleType.tp_traverse = handle_traverse;
   HandleType.tp_clear = handle_clear;
@@ -427,7 +520,7 @@ bool init_handle_types(PyObject* module) noexcept {
   TimerHandleType.tp_name = "fastloop._core.TimerHandle";
   TimerHandleType.tp_doc = "A callback scheduled for a time (asyncio.TimerHandle's interface).";
   TimerHandleType.tp_basicsize = sizeof(TimerHandleObject);
-  TimerHandleType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+  TimerHandleType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE;
   TimerHandleType.tp_base = &HandleType;
   TimerHandleType.tp_dealloc = handle_dealloc;
   TimerHandleType.tp_traverse = handle_traverse;

@@ -24,6 +24,7 @@ struct HandleObject {
   PyObject* args_tuple;              // the arguments when there are more than kInlineArgs
   PyObject* source_traceback;        // debug mode only: where the handle was made
   PyObject* cached_repr;             // debug mode only: repr saved at cancel()
+  PyObject* weakreflist;             // weak references to this handle
   Py_ssize_t nargs;
   // slots[0] is scratch space lent to the callee (PY_VECTORCALL_ARGUMENTS_OFFSET);
   // the inline arguments are slots[1..nargs].
@@ -46,6 +47,11 @@ bool init_handle_types(PyObject* module) noexcept;
 // are refused, so are non-callables. Returns false with TypeError set.
 bool check_callback(PyObject* callback, const char* method) noexcept;
 
+// call_at's `when` as the timer heap's deadline: what float() gives, and an
+// int beyond a float's range is at plus or minus infinity (asyncio keeps any
+// number it is given). False with the exception set (TypeError...).
+bool deadline_of(PyObject* when, double* out) noexcept;
+
 // Makes a handle. `context` is borrowed; nullptr or None means a copy of the
 // current context. Returns a new reference or nullptr with an exception set.
 HandleObject* new_handle(PyObject* loop, Loop* core, PyObject* callback, PyObject* const* args,
@@ -64,7 +70,7 @@ bool run_handle(HandleObject* h) noexcept;
 void cancel_handle(HandleObject* h) noexcept;
 
 inline bool is_timer_handle(PyObject* o) noexcept {
-  return Py_IS_TYPE(o, &TimerHandleType);
+  return Py_IS_TYPE(o, &TimerHandleType) || PyObject_TypeCheck(o, &TimerHandleType);
 }
 
 }  // namespace fastloop

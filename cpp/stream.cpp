@@ -210,7 +210,7 @@ bool StreamTransport::set_protocol(PyObject* protocol) {
 // ---- reading --------------------------------------------------------------------
 
 bool StreamTransport::start_reading() {
-  if (!is_reading() || reading_ || write_only_) return true;
+  if (!is_reading() || reading_ || write_only_ || !handle_open()) return true;
   if (unpollable_errno_ != 0) {
     // What asyncio's selector raises when the reader is added.
     errno = unpollable_errno_;
@@ -603,22 +603,32 @@ void StreamTransport::call_flow_control(PyObject* method, const char* message) {
 
 namespace {
 
-// A write-buffer limit as asyncio takes it: any int; what does not fit a
-// size_t is no limit at all.
-bool limit_value(PyObject* obj, Py_ssize_t* out, bool* huge) {
-  *huge = false;
-  Ref index(PyNumber_Index(obj));
-  if (!index) return false;
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(index.get(), &overflow);
-  if (v == -1 && PyErr_Occurred()) return false;
-  if (overflow > 0 || v > PY_SSIZE_T_MAX) {
-    *huge = true;
-    *out = PY_SSIZE_T_MAX;
-  } else if (overflow < 0) {
-    *out = PY_SSIZE_T_MIN;
+// A write-buffer limit, already checked by asyncio's own
+// _FlowControlMixin._set_write_buffer_limits (any real number >= 0), as a
+// byte count: the buffer size is compared with it as an integer, so a
+// fraction rounds down, and what does not fit a size_t is no limit.
+bool byte_limit(PyObject* value, size_t* out) {
+  if (PyLong_Check(value)) {
+    const size_t n = PyLong_AsSize_t(value);
+    if (n == static_cast<size_t>(-1) && PyErr_Occurred()) {
+      if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return false;
+      PyErr_Clear();
+      const int negative = PyObject_RichCompareBool(value, Py_False, Py_LT);
+      if (negative < 0) return false;
+      *out = negative == 1 ? 0 : SIZE_MAX;
+      return true;
+    }
+    *out = n;
+    return true;
+  }
+  const double d = PyFloat_AsDouble(value);
+  if (d == -1.0 && PyErr_Occurred()) return false;
+  if (!(d > 0)) {
+    *out = 0;
+  } else if (d >= 18446744073709551616.0) {
+    *out = SIZE_MAX;
   } else {
-    *out = static_cast<Py_ssize_t>(v);
+    *out = static_cast<size_t>(d);
   }
   return true;
 }
@@ -626,30 +636,11 @@ bool limit_value(PyObject* obj, Py_ssize_t* out, bool* huge) {
 }  // namespace
 
 bool StreamTransport::set_write_buffer_limits(PyObject* high, PyObject* low) {
-  Py_ssize_t hi = 0;
-  Py_ssize_t lo = 0;
-  bool huge = false;
-  if (high == Py_None) {
-    if (low == Py_None) {
-      hi = 64 * 1024;
-    } else {
-      if (!limit_value(low, &lo, &huge)) return false;
-      hi = lo > PY_SSIZE_T_MAX / 4 ? PY_SSIZE_T_MAX : 4 * lo;
-    }
-  } else if (!limit_value(high, &hi, &huge)) {
-    return false;
-  }
-  if (low == Py_None) {
-    lo = hi / 4;
-  } else if (!limit_value(low, &lo, &huge)) {
-    return false;
-  }
-  if (!(hi >= lo && lo >= 0)) {
-    PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
-    return false;
-  }
-  high_water_ = static_cast<size_t>(hi);
-  low_water_ = static_cast<size_t>(lo);
+  size_t hi = 0;
+  size_t lo = 0;
+  if (!byte_limit(high, &hi) || !byte_limit(low, &lo)) return false;
+  high_water_ = hi;
+  low_water_ = lo;
   maybe_pause_protocol();
   return !PyErr_Occurred();
 }

@@ -60,15 +60,15 @@ class StreamTransport final : public HandleOwner {
   bool abort() { return force_close(nullptr); }
   bool force_close(PyObject* exc);  // asyncio's _force_close(exc)
   bool is_closing() const noexcept { return closing_; }
-  bool is_reading() const noexcept { return !paused_ && !closing_ && handle_open(); }
+  bool is_reading() const noexcept { return !paused_ && !closing_; }
   void pause_reading();
   bool resume_reading();
   bool set_protocol(PyObject* protocol);
   PyObject* protocol() const noexcept { return protocol_; }
   size_t write_buffer_size() const noexcept;
-  size_t high_water() const noexcept { return high_water_; }
   bool protocol_paused() const noexcept { return protocol_paused_; }
-  size_t low_water() const noexcept { return low_water_; }
+  // The limits asyncio's _FlowControlMixin computed and checked (Python
+  // numbers, kept there for get_write_buffer_limits); pauses if over.
   bool set_write_buffer_limits(PyObject* high, PyObject* low);
   // Starts reading (asyncio starts after connection_made has run).
   bool start_reading();

@@ -123,11 +123,24 @@ PyObject* loop_call_later(PyObject* self, PyObject* const* args, Py_ssize_t narg
     PyErr_SetString(PyExc_TypeError, "delay must not be None");
     return nullptr;
   }
-  const double delay = PyFloat_AsDouble(args[0]);
-  if (delay == -1.0 && PyErr_Occurred()) return nullptr;
-  // asyncio's call_later is call_at(time() + delay): errors name call_at().
-  return schedule_timer(self, loop, monotonic_seconds() + delay, args + 1, nargs - 1, context,
-                        "call_at");
+  // asyncio's call_later is call_at(time() + delay): whatever `float + delay`
+  // accepts is a delay (a Fraction, an object with __radd__), nothing else
+  // (a Decimal, an object with only __float__); errors name call_at().
+  const double now = monotonic_seconds();
+  PyObject* delay = args[0];
+  double when = 0.0;
+  if (PyFloat_CheckExact(delay)) {
+    when = now + PyFloat_AS_DOUBLE(delay);
+  } else if (PyLong_CheckExact(delay)) {
+    const double d = PyLong_AsDouble(delay);
+    if (d == -1.0 && PyErr_Occurred()) return nullptr;
+    when = now + d;
+  } else {
+    Ref now_obj(PyFloat_FromDouble(now));
+    Ref sum(now_obj ? PyNumber_Add(now_obj.get(), delay) : nullptr);
+    if (!sum || !deadline_of(sum.get(), &when)) return nullptr;
+  }
+  return schedule_timer(self, loop, when, args + 1, nargs - 1, context, "call_at");
 }
 
 PyObject* loop_call_at(PyObject* self, PyObject* const* args, Py_ssize_t nargsf,
@@ -142,8 +155,8 @@ PyObject* loop_call_at(PyObject* self, PyObject* const* args, Py_ssize_t nargsf,
     PyErr_SetString(PyExc_TypeError, "when cannot be None");
     return nullptr;
   }
-  const double when = PyFloat_AsDouble(args[0]);
-  if (when == -1.0 && PyErr_Occurred()) return nullptr;
+  double when = 0.0;
+  if (!deadline_of(args[0], &when)) return nullptr;
   return schedule_timer(self, loop, when, args + 1, nargs - 1, context, "call_at");
 }
 

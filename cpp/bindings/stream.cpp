@@ -156,17 +156,12 @@ void register_stream(py::module_& m) {
              PyObject* p = transport(self).protocol();
              return p != nullptr ? py::reinterpret_borrow<py::object>(p) : py::none();
            })
-      .def("get_write_buffer_limits",
-           [](py::handle self) {
-             StreamTransport& tr = transport(self);
-             return py::make_tuple(tr.low_water(), tr.high_water());
-           })
       .def(
-          "set_write_buffer_limits",
+          "_set_limits",
           [](py::handle self, py::handle high, py::handle low) {
             check(transport(self).set_write_buffer_limits(high.ptr(), low.ptr()));
           },
-          py::arg("high") = py::none(), py::arg("low") = py::none())
+          "Use the write-buffer limits asyncio's _set_write_buffer_limits computed.")
       .def("_start_reading", [](py::handle self) { check(transport(self).start_reading()); })
       .def("_set_pipe_mode",
            [](py::handle self, bool write_only) { transport(self).set_pipe_mode(write_only); })

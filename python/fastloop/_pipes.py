@@ -19,7 +19,7 @@ import stat
 import warnings
 from asyncio import base_events, transports
 
-from ._transports import NativeStreamBacked, _set_result_unless_cancelled
+from ._transports import NativeFlowControl, NativeStreamBacked, _set_result_unless_cancelled
 
 _Base = base_events.BaseEventLoop
 
@@ -41,7 +41,6 @@ class _PipeTransport(NativeStreamBacked):
     # The subclasses add theirs.
     _NATIVE_METHODS = (
         "close",
-        "abort",
         "_force_close",
         "is_closing",
         "get_protocol",
@@ -113,7 +112,9 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         loop.call_soon(self._native._start_reading)
 
 
-class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(
+    _PipeTransport, NativeFlowControl, transports._FlowControlMixin, transports.WriteTransport
+):
     """asyncio's write pipe transport (unix_events._UnixWritePipeTransport)."""
 
     _WRITE_ONLY = True
@@ -122,9 +123,8 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
         "write",
         "writelines",
         "write_eof",
+        "abort",
         "get_write_buffer_size",
-        "get_write_buffer_limits",
-        "set_write_buffer_limits",
     )
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):

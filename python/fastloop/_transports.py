@@ -92,6 +92,22 @@ class NativeStreamBacked:
         native._set_transport(self)
         return native
 
+
+class NativeFlowControl:
+    """Write flow control of a transport on a _core.StreamTransport.
+
+    The limits are computed and checked by asyncio's own _FlowControlMixin
+    (so every Python version's rules and messages apply) and kept in its
+    slots for get_write_buffer_limits; the native side gets a copy.
+    """
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_write_buffer_limits(high=high, low=low)
+        self._native._set_limits(self._high_water, self._low_water)
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
     # _FlowControlMixin keeps this in a slot; the native side owns the state.
     @property
     def _protocol_paused(self):
@@ -102,7 +118,7 @@ class NativeStreamBacked:
         pass  # _FlowControlMixin.__init__ sets it; the native state wins
 
 
-class StreamTransport(NativeStreamBacked, transports._FlowControlMixin):
+class StreamTransport(NativeStreamBacked, NativeFlowControl, transports._FlowControlMixin):
     """A TCP or Unix stream transport: an asyncio.Transport on fastloop's core.
 
     The native object (_core.StreamTransport) does the work.
@@ -126,8 +142,6 @@ class StreamTransport(NativeStreamBacked, transports._FlowControlMixin):
         "set_protocol",
         "get_protocol",
         "get_write_buffer_size",
-        "get_write_buffer_limits",
-        "set_write_buffer_limits",
         "_start_reading",
         "_call_connection_lost",
         "_fileno",
