@@ -26,6 +26,7 @@ from asyncio import constants, coroutines, events, format_helpers, futures, task
 
 from . import _core
 from ._datagram import DatagramMethods
+from ._dns import DnsMethods
 from ._network import NetworkMethods
 from ._pipes import PipeMethods
 from ._sockets import SocketMethods
@@ -154,6 +155,7 @@ def _in_main_thread() -> bool:
 
 class Loop(
     SocketMethods,
+    DnsMethods,
     DatagramMethods,
     NetworkMethods,
     PipeMethods,
@@ -161,7 +163,30 @@ class Loop(
     _core.Loop,
     asyncio.AbstractEventLoop,
 ):
-    """An asyncio event loop running on fastloop's libuv core."""
+    """An asyncio event loop running on fastloop's libuv core.
+
+    Where each group of methods lives:
+
+    - ``_core.Loop`` (cpp/loop.*, bound in cpp/bindings/loop.cpp): the
+      iteration, ``call_soon``/``call_later``/``call_at``/
+      ``call_soon_threadsafe``, ``time``, ``create_future``, ``create_task``,
+      ``stop``, ``is_running``, ``is_closed`` and the fd watchers under
+      ``add_reader``/``add_writer``;
+    - this module (_loop.py): ``run_forever``, ``run_until_complete``,
+      ``close``, debug mode, task factories, exception handlers, executors,
+      async generators, ``add_reader``/``add_writer``/``remove_*``, signal
+      handlers;
+    - ``SocketMethods`` (_sockets.py): ``sock_recv`` & co., ``sock_sendfile``;
+    - ``DnsMethods`` (_dns.py): ``getaddrinfo``, ``getnameinfo``;
+    - ``DatagramMethods`` (_datagram.py): ``create_datagram_endpoint``;
+    - ``NetworkMethods`` (_network.py, transports in _transports.py):
+      ``create_connection``, ``create_server``, their Unix variants,
+      ``connect_accepted_socket``, ``start_tls``, ``sendfile``;
+    - ``PipeMethods`` (_pipes.py): ``connect_read_pipe``,
+      ``connect_write_pipe``;
+    - ``SubprocessMethods`` (_subprocess.py): ``subprocess_exec``,
+      ``subprocess_shell``.
+    """
 
     __module__ = "fastloop"
 

@@ -23,7 +23,7 @@ import os
 import socket
 from asyncio import constants, exceptions
 
-from ._dns import DnsMethods, _HAS_IPv6
+from ._dns import _HAS_IPv6
 
 try:
     import ssl
@@ -112,11 +112,10 @@ def _writable(fut):
         fut.set_result(None)
 
 
-class SocketMethods(DnsMethods):
+class SocketMethods:
     """loop.sock_* of asyncio's loop, mixed into fastloop.Loop.
 
-    It brings name resolution (getaddrinfo, getnameinfo, _ensure_resolved)
-    along: sock_connect resolves through it.
+    sock_connect resolves through the loop's DnsMethods (_ensure_resolved).
     """
 
     __slots__ = ()
