@@ -375,10 +375,12 @@ int Loop::traverse(visitproc visit, void* arg) const {
   if ((r = timers_.traverse(visit, arg)) != 0) return r;
   if ((r = watchers_.traverse(visit, arg)) != 0) return r;
   Py_VISIT(task_factory_);
-  // The Python objects kept alive for their open handles: the collector then
-  // sees a loop and its transports as one cycle and can collect an abandoned
-  // loop (its __del__ closes it, which releases them).
-  for (const HandleOwner* o = owners_; o != nullptr; o = o->next_) Py_VISIT(o->keep_alive_);
+  // The Python objects kept alive for their active handles (owner.hpp): the
+  // collector then sees a loop and its transports as one cycle and can
+  // collect an abandoned loop (its __del__ closes it, which releases them).
+  for (const HandleOwner* o = owners_; o != nullptr; o = o->next_) {
+    if (o->loop_holds()) Py_VISIT(o->keep_alive_);
+  }
   return 0;
 }
 

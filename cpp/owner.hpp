@@ -7,11 +7,19 @@
 //     nothing is left to undo. On success the handle belongs to the loop.
 //   - From that moment until libuv's close callback, the owner cannot be
 //     freed: a Python-owned owner (Lifetime::kPython) is kept alive by a
-//     strong reference the *loop* holds and shows to the garbage collector
-//     (so a loop dropped with connections open is still collected: the loop
-//     and its handles form a cycle the collector can see); a plain C++ owner
+//     strong reference (keep-alive) held on libuv's behalf; a plain C++ owner
 //     (Lifetime::kSelf) is deleted by the close callback and by nothing else.
 //     This holds whether or not the owner was ever "adopted" or started.
+//   - The garbage collector is shown that reference as asyncio's selector
+//     would hold it: while the handle is active (reading, writing, closing,
+//     listening: gc_active()) the loop's traversal visits it, as a selector
+//     registration keeps an asyncio transport reachable; while it is idle
+//     (a paused transport, say) the owner's own traversal visits it, so a
+//     transport the program dropped is garbage as on asyncio's loop. Its
+//     finalizer then closes the handle (the keep-alive still holds the
+//     memory), and it is freed after the close callback. A loop dropped with
+//     connections open is collected too: loop and handles form cycles the
+//     collector sees, and the loop's __del__ closes them.
 //   - close_handle() calls uv_close once. The close callback calls
 //     handle_closed(), unregisters the owner from the loop, and then drops
 //     the keep-alive reference (or deletes the object): the last thing it does.
@@ -53,6 +61,8 @@ class HandleOwner {
   // The loop is closing: close the handle (and whatever else the owner must
   // let go of first). Called with the GIL held; must not call into protocols.
   virtual void close_with_loop() noexcept { close_handle(); }
+  // Does libuv use the handle now (see above)? Closing always counts.
+  virtual bool gc_active() const noexcept { return true; }
 
  protected:
   HandleOwner(Loop* loop, Lifetime lifetime) noexcept : loop_(loop), lifetime_(lifetime) {}
@@ -115,11 +125,15 @@ class HandleOwner {
     bool entered_ = false;
     bool ok_ = true;
   };
-  // Garbage collector support: what the base holds.
+  // Garbage collector support: what the base holds (the keep-alive while the
+  // handle is idle, see above).
   int traverse_base(visitproc visit, void* arg) const noexcept {
     Py_VISIT(context_);
+    if (!loop_holds()) Py_VISIT(keep_alive_);
     return 0;
   }
+  // The loop's traversal shows the keep-alive (not the owner's own).
+  bool loop_holds() const noexcept { return state_ == State::kClosing || gc_active(); }
 
  private:
   friend class Loop;

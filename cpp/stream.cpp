@@ -121,7 +121,10 @@ int StreamTransport::traverse(visitproc visit, void* arg) const {
   Py_VISIT(py_loop_);
   Py_VISIT(transport_);
   Py_VISIT(protocol_);
-  Py_VISIT(sock_);
+  // Not sock_: libuv owns the socket's fd, and the socket object would close
+  // it from its own finalizer if the collector finalized it first (with the
+  // transport, in one garbage cycle). Hidden from the collector, the socket
+  // stays alive until close_stream() has detached it from the fd.
   Py_VISIT(server_);
   Py_VISIT(alloc_error_);
   Py_VISIT(empty_waiter_);

@@ -84,6 +84,10 @@ class StreamTransport final : public HandleOwner {
   PyObject* make_empty_waiter();
   void reset_empty_waiter() noexcept { Py_CLEAR(empty_waiter_); }
   void close_with_loop() noexcept override;
+  bool gc_active() const noexcept override { return reading_ || writing_; }
+  // The Python object is garbage (a transport the program dropped without
+  // closing it, as asyncio's __del__ closes the socket): close the handle.
+  void finalize() noexcept { close_with_loop(); }
   // Closes a handle that never carried a connection (a failed accept).
   void discard() noexcept { close_stream(); }
 

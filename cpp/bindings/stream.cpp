@@ -106,6 +106,16 @@ void enable_gc(PyHeapTypeObject* heap_type) {
     }
     return 0;
   };
+  if constexpr (requires(T & t) { t.finalize(); }) {
+    type->tp_finalize = [](PyObject* self) {
+      T* cpp = cpp_of<T>(self);
+      if (cpp == nullptr) return;
+      PyObject* pending = take_exception();  // a finalizer keeps the current exception
+      cpp->finalize();
+      if (PyErr_Occurred()) PyErr_WriteUnraisable(self);
+      if (pending != nullptr) restore_exception(pending);
+    };
+  }
 }
 
 PyMethodDef kTransportFastMethods[] = {
