@@ -160,7 +160,8 @@ bool Loop::call_soon(PyObject* py_loop, PyObject* callback, PyObject* const* arg
                      Py_ssize_t nargs) {
   HandleObject* h = new_handle(py_loop, this, callback, args, nargs, nullptr);
   if (h == nullptr) return false;
-  ready_.push(h);  // the new reference moves to the queue
+  push_ready(h);
+  Py_DECREF(h);
   return true;
 }
 
@@ -192,8 +193,11 @@ void Loop::detach_from_parent() noexcept {
 void Loop::poll_io(bool may_block) {
   detach_from_parent();
   watchers_.stop_closed_fds();
+  ++poll_count_;
+  polling_ = true;
   if (!may_block) {
     uv_run(&uv_, UV_RUN_NOWAIT);
+    polling_ = false;
     return;
   }
   int64_t timeout_ms = -1;
@@ -205,6 +209,7 @@ void Loop::poll_io(bool may_block) {
   }
   if (timeout_ms == 0) {
     uv_run(&uv_, UV_RUN_NOWAIT);
+    polling_ = false;
     return;
   }
   if (timeout_ms > 0) {
@@ -223,9 +228,12 @@ void Loop::poll_io(bool may_block) {
     usleep(static_cast<useconds_t>(g_debug_counters.arm_delay_us));
   }
   uv_run(&uv_, UV_RUN_ONCE);
-  PyEval_RestoreThread(released_tstate_);
-  released_tstate_ = nullptr;
+  // A callback may have taken the GIL back already (GilFromLibuv).
+  if (released_tstate_ != nullptr) {
+    PyEval_RestoreThread(std::exchange(released_tstate_, nullptr));
+  }
   sleeping_ = false;
+  polling_ = false;
 }
 
 bool Loop::has_io_sources() const noexcept {
@@ -265,9 +273,14 @@ bool Loop::run_once() {
     }
   }
 
-  // Run only what is ready now; callbacks scheduled meanwhile wait for the
-  // next iteration.
-  for (size_t ntodo = ready_.size(); ntodo > 0; --ntodo) {
+  // Run only what is ready now; callbacks scheduled meanwhile (by this
+  // iteration's protocol callbacks too) wait for the next iteration.
+  const size_t ready_now = ready_.size();
+  if (!scheduled_while_polling_.empty()) {
+    for (HandleObject* h : scheduled_while_polling_) ready_.push(h);  // references move
+    scheduled_while_polling_.clear();
+  }
+  for (size_t ntodo = ready_now; ntodo > 0; --ntodo) {
     HandleObject* h = ready_.pop();
     if (h->cancelled) {
       Py_DECREF(h);
@@ -358,6 +371,8 @@ void Loop::close_owners() noexcept {
 void Loop::clear_references() noexcept {
   // Releasing a handle may run Python code that schedules more callbacks:
   // drain until empty.
+  for (HandleObject* h : scheduled_while_polling_) ready_.push(h);
+  scheduled_while_polling_.clear();
   while (!ready_.empty()) Py_DECREF(ready_.pop());
   timers_.clear();
   watchers_.close_all();
@@ -372,6 +387,7 @@ int Loop::traverse(visitproc visit, void* arg) const {
     if (r == 0) r = visit(reinterpret_cast<PyObject*>(h), arg);
   });
   if (r != 0) return r;
+  for (HandleObject* h : scheduled_while_polling_) Py_VISIT(h);
   if ((r = timers_.traverse(visit, arg)) != 0) return r;
   if ((r = watchers_.traverse(visit, arg)) != 0) return r;
   Py_VISIT(task_factory_);

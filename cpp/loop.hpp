@@ -15,6 +15,8 @@
 #include <uv.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "handles.hpp"
@@ -90,6 +92,8 @@ class Loop {
   bool running() const noexcept { return thread_id_ != 0; }
   unsigned long thread_id() const noexcept { return thread_id_; }
   bool debug() const noexcept { return debug_; }
+  // Counts the loop's polls: what libuv delivered in one poll has the same count.
+  uint64_t poll_count() const noexcept { return poll_count_; }
   void set_debug(bool on) noexcept { debug_ = on; }
   uv_loop_t* uv() noexcept { return &uv_; }
   // The task factory (a new reference is kept), nullptr for asyncio.Task.
@@ -106,8 +110,25 @@ class Loop {
   bool check_thread() const noexcept;
 
   // ---- scheduling (GIL held) ----
-  // Takes a new reference to `h`.
+  // Queues `h` (a new reference is taken) to run in the next iteration's
+  // callback phase. Protocol callbacks run while the loop polls (libuv calls
+  // them there, not through the ready queue); what they schedule is kept
+  // apart and joins the queue after this iteration's callbacks have been
+  // counted, so that it runs in the next iteration, as with asyncio, where
+  // the I/O callback itself would have run in this one.
   void push_ready(HandleObject* h) {
+    Py_INCREF(h);
+    if (polling_) {
+      scheduled_while_polling_.push_back(h);
+    } else {
+      ready_.push(h);
+    }
+  }
+  // Queues `h` for this iteration even while polling: an fd watcher's
+  // handle (asyncio's selector events join the ready queue of the iteration
+  // that polled them), a signal's or another thread's callback (asyncio
+  // appends those to its ready queue whenever they come).
+  void push_ready_now(HandleObject* h) {
     Py_INCREF(h);
     ready_.push(h);
   }
@@ -171,6 +192,7 @@ class Loop {
   SignalWakeup* signals_ = nullptr;
   HandleOwner* owners_ = nullptr;  // head of the registered owners' list
   ReadyQueue ready_;
+  std::vector<HandleObject*> scheduled_while_polling_;  // see push_ready()
   TimerHeap timers_;
   FdWatchers watchers_;
   std::vector<char> read_buffer_;
@@ -184,28 +206,25 @@ class Loop {
   bool stopping_ = false;
   bool debug_ = false;
   bool sleeping_ = false;  // in a blocking poll; read and written with the GIL held
+  bool polling_ = false;   // inside uv_run: libuv may be running protocol callbacks
+  uint64_t poll_count_ = 0;
   bool uv_open_ = false;
 };
 
-// Holds the GIL for the body of a libuv callback: takes it back if the loop
-// released it around a blocking poll, and releases it again on exit.
+// Makes sure the GIL is held for a libuv callback: if the loop released it
+// around a blocking poll, takes it back, and keeps it for the rest of that
+// uv_run. Safe because libuv only blocks in the poll itself, before any
+// callback; keeping it means other threads cannot run between two callbacks
+// of one iteration, as with asyncio, whose callbacks all run with the GIL.
 class GilFromLibuv {
  public:
-  explicit GilFromLibuv(Loop* loop) noexcept : loop_(loop), tstate_(loop->released_tstate_) {
-    if (tstate_ != nullptr) {
-      loop_->released_tstate_ = nullptr;
-      PyEval_RestoreThread(tstate_);
+  explicit GilFromLibuv(Loop* loop) noexcept {
+    if (PyThreadState* tstate = std::exchange(loop->released_tstate_, nullptr)) {
+      PyEval_RestoreThread(tstate);
     }
-  }
-  ~GilFromLibuv() {
-    if (tstate_ != nullptr) loop_->released_tstate_ = PyEval_SaveThread();
   }
   GilFromLibuv(const GilFromLibuv&) = delete;
   GilFromLibuv& operator=(const GilFromLibuv&) = delete;
-
- private:
-  Loop* loop_;
-  PyThreadState* tstate_;
 };
 
 // Makes libuv's process-wide state now, at import, while fds are available:

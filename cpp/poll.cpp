@@ -142,8 +142,8 @@ void FdWatchers::on_poll(uv_poll_t* poll, int status, int events) noexcept {
     loop->fd_watchers().restart(w);
   }
   GilFromLibuv gil(loop);
-  if ((events & UV_READABLE) != 0 && w->reader != nullptr) loop->push_ready(w->reader);
-  if ((events & UV_WRITABLE) != 0 && w->writer != nullptr) loop->push_ready(w->writer);
+  if ((events & UV_READABLE) != 0 && w->reader != nullptr) loop->push_ready_now(w->reader);
+  if ((events & UV_WRITABLE) != 0 && w->writer != nullptr) loop->push_ready_now(w->writer);
 }
 
 void FdWatchers::close_all() {

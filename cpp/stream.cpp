@@ -257,6 +257,8 @@ bool StreamTransport::resume_reading() {
     read_stop_pending_ = false;  // paused and resumed inside get_buffer()
     return true;
   }
+  // The end of input came while paused: asyncio reads it in the next iteration.
+  if (eof_pending_) return schedule_eof();
   return start_reading();
 }
 
@@ -328,7 +330,15 @@ void StreamTransport::handle_read(ssize_t nread) {
   }
   if (nread == UV_EOF) {
     reading_ = false;  // libuv stops reading at EOF
-    read_eof();
+    eof_pending_ = true;
+    if (data_poll_ == loop()->poll_count()) {
+      // libuv reports the end in the same poll as the data before it (when
+      // the peer has closed both ways, or the data filled the buffer);
+      // asyncio's recv() sees it only in the next iteration: so do we.
+      if (!schedule_eof()) protocol_call_failed(read_error_message());
+    } else {
+      deliver_eof();
+    }
   } else if (nread == UV_ENOBUFS && alloc_error_ != nullptr) {
     restore_exception(std::exchange(alloc_error_, nullptr));
     protocol_call_failed("Fatal error: protocol.get_buffer() call failed.");
@@ -339,6 +349,7 @@ void StreamTransport::handle_read(ssize_t nread) {
 }
 
 void StreamTransport::read_data(ssize_t nread) {
+  data_poll_ = loop()->poll_count();
   Ref result;
   if (buffered_ || read_view_held_) {
     if (read_view_held_) {
@@ -353,6 +364,25 @@ void StreamTransport::read_data(ssize_t nread) {
   Ref data(PyBytes_FromStringAndSize(loop()->read_buffer(), nread));
   if (data) result = Ref(call_method1(protocol_, g_str.data_received, data.get()));
   if (!result) protocol_call_failed("Fatal error: protocol.data_received() call failed.");
+}
+
+bool StreamTransport::schedule_eof() {
+  PyObject* py_self = keep_alive();
+  if (py_self == nullptr) return true;  // the handle is gone: nothing to deliver
+  Ref method(PyObject_GetAttrString(py_self, "_deliver_eof"));
+  return method && loop()->call_soon(py_loop_, method.get(), nullptr, 0);
+}
+
+void StreamTransport::deliver_eof() {
+  // Paused meanwhile: asyncio would not read the end until resume_reading().
+  if (!eof_pending_ || paused_ || closing_ || protocol_ == nullptr) return;
+  eof_pending_ = false;
+  CallbackScope scope(*this);
+  if (!scope.ok()) {
+    protocol_call_failed("Fatal error: cannot enter the transport's context.");
+    return;
+  }
+  read_eof();
 }
 
 void StreamTransport::read_eof() {

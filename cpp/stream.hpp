@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "loop.hpp"
@@ -72,6 +73,9 @@ class StreamTransport final : public HandleOwner {
   bool set_write_buffer_limits(PyObject* high, PyObject* low);
   // Starts reading (asyncio starts after connection_made has run).
   bool start_reading();
+  // The end of input that arrived with data in one poll, an iteration later
+  // (see handle_read); a no-op if nothing is pending or reading is paused.
+  void deliver_eof();
   int fileno() const noexcept;
   // asyncio's _call_connection_lost: the protocol's connection_lost(exc),
   // then the handle is closed and the protocol and server let go.
@@ -155,6 +159,7 @@ class StreamTransport final : public HandleOwner {
   // pipe, a reported one).
   void protocol_call_failed(const char* message);
   bool schedule_connection_lost(PyObject* exc);
+  bool schedule_eof();
   // Detaches the Python socket object (libuv closes the fd), then uv_close.
   void close_stream() noexcept;
   void handle_closed() noexcept override;
@@ -200,6 +205,8 @@ class StreamTransport final : public HandleOwner {
   bool lost_scheduled_ = false;
   bool pipe_mode_ = false;
   bool write_only_ = false;
+  bool eof_pending_ = false;        // end of input seen, not yet delivered (see deliver_eof)
+  uint64_t data_poll_ = 0;          // the loop's poll_count() when data was last delivered
   bool in_alloc_ = false;           // libuv is inside on_alloc (get_buffer)
   bool read_stop_pending_ = false;  // deferred out of on_alloc
   bool close_pending_ = false;      // deferred out of on_alloc

@@ -106,7 +106,7 @@ PyObject* loop_call_soon_threadsafe(PyObject* self, PyObject* const* args, Py_ss
   if (loop->debug() && !check_callback(args[0], "call_soon_threadsafe")) return nullptr;
   HandleObject* h = new_handle(self, loop, args[0], args + 1, nargs - 1, context);
   if (h == nullptr) return nullptr;
-  loop->push_ready(h);
+  loop->push_ready_now(h);
   loop->wake_up();
   return reinterpret_cast<PyObject*>(h);
 }
@@ -335,7 +335,7 @@ void register_loop(py::module_& m) {
               throw py::type_error("a fastloop Handle was expected");
             }
             auto* h = reinterpret_cast<HandleObject*>(handle.ptr());
-            if (!h->cancelled) core(self).push_ready(h);
+            if (!h->cancelled) core(self).push_ready_now(h);
           },
           "Queue an existing handle, as asyncio's _add_callback.")
       .def("_add_reader_with",

@@ -173,6 +173,7 @@ void register_stream(py::module_& m) {
           },
           "Use the write-buffer limits asyncio's _set_write_buffer_limits computed.")
       .def("_start_reading", [](py::handle self) { check(transport(self).start_reading()); })
+      .def("_deliver_eof", [](py::handle self) { transport(self).deliver_eof(); })
       .def("_set_pipe_mode",
            [](py::handle self, bool write_only) { transport(self).set_pipe_mode(write_only); })
       .def("_call_connection_lost",
