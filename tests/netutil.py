@@ -2,14 +2,18 @@
 
 Everything here works the same on both loops: it only uses the public asyncio API
 through ``asyncio.get_running_loop()`` and plain blocking sockets for raw peers.
+What may crash the process runs in a child interpreter (``run_child``).
 """
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import os
+import signal
 import socket
 import subprocess
+import sys
 
 HOST = "127.0.0.1"
 
@@ -133,6 +137,39 @@ class Recorder(asyncio.Protocol):
             self._waiters.append(fut)
             await fut
         return bytes(self.data)
+
+
+# The context variable the context tests set before making a transport or server; the
+# protocols below note its value in each callback.
+CTX_VAR = contextvars.ContextVar("fastloop_test_ctx", default="unset")
+
+
+class ContextRecorder(Recorder):
+    """A Recorder that also notes, in ``ctx``, the value of CTX_VAR when each of its
+    callbacks is first called ("made", "data", "eof", "lost")."""
+
+    def __init__(self, eof_result=None):
+        super().__init__(eof_result)
+        self.ctx = {}
+
+    def _note(self, name):
+        self.ctx.setdefault(name, CTX_VAR.get())
+
+    def connection_made(self, transport):
+        self._note("made")
+        super().connection_made(transport)
+
+    def data_received(self, data):
+        self._note("data")
+        super().data_received(data)
+
+    def eof_received(self):
+        self._note("eof")
+        return super().eof_received()
+
+    def connection_lost(self, exc):
+        self._note("lost")
+        super().connection_lost(exc)
 
 
 class EchoServerProtocol(Recorder):
@@ -298,3 +335,53 @@ def make_self_signed_cert(directory, cn="localhost"):
         timeout=30,
     )
     return certfile, keyfile
+
+
+# -- child processes -----------------------------------------------------------------------
+
+# What a child script starts with: LOOP_NAME (its first argument) and new_loop(), which
+# makes a loop of that kind. The script's own arguments follow in sys.argv[2:].
+CHILD_PRELUDE = """
+import asyncio, sys
+LOOP_NAME = sys.argv[1]
+
+def new_loop():
+    if LOOP_NAME == "fastloop":
+        import fastloop
+        return fastloop.new_event_loop()
+    return asyncio.new_event_loop()
+"""
+
+
+def run_child(loop_name, script, *args, timeout=30):
+    """Run CHILD_PRELUDE + ``script`` in a new interpreter; returns the CompletedProcess.
+
+    For what may crash the process (SIGSEGV, abort): the crash stays in the child, and
+    faulthandler prints its Python stack on the child's stderr.
+    """
+    return subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", CHILD_PRELUDE + script, loop_name]
+        + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def exit_status(returncode):
+    """A child's exit status in words: "0", "1", "SIGSEGV"..."""
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return str(returncode)
+
+
+def child_stdout(out):
+    """The stdout of a child that must have exited with status 0 (AssertionError otherwise,
+    with its exit status and the end of its stderr)."""
+    assert out.returncode == 0, (
+        f"the child exited with {exit_status(out.returncode)}; stderr:\n{out.stderr[-3000:]}"
+    )
+    return out.stdout

@@ -13,15 +13,27 @@ import asyncio
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import socket
 import struct
+import sys
 import termios
 import tty
 
 import pytest
 
-from .netutil import Recorder, pattern, run, sha256, spin
+from .netutil import (
+    CTX_VAR,
+    ContextRecorder,
+    Recorder,
+    child_stdout,
+    pattern,
+    run,
+    run_child,
+    sha256,
+    spin,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -651,3 +663,196 @@ def test_regular_file_is_refused(loop, tmp_path, direction):
             return str(info.value), f.closed, os.get_blocking(f.fileno())
 
     assert run(loop, main()) == (messages[direction], False, True)
+
+
+# -- character devices that cannot be polled (issue 9, item 3) ---------------------------
+
+# The child connects a pipe transport to the device (or a pty's tty end), lets the loop
+# run, closes the transport and prints, as JSON: the protocol's calls, the exception
+# handler's calls as [exception class, errno], is_closing() before close(), and whether
+# a timer due after all that still ran.
+CHAR_DEVICE_CHILD = r"""
+import json, os
+
+direction, path = sys.argv[2], sys.argv[3]
+loop = new_loop()
+handler = []
+loop.set_exception_handler(
+    lambda lp, ctx: handler.append(
+        [type(ctx.get("exception")).__name__, getattr(ctx.get("exception"), "errno", None)]
+    )
+)
+events = []
+
+
+class P(asyncio.Protocol):
+    def __init__(self):
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        events.append("made")
+
+    def data_received(self, data):
+        events.append("data")
+
+    def eof_received(self):
+        events.append("eof")
+
+    def connection_lost(self, exc):
+        events.append(f"lost {exc!r}")
+        self.lost.set_result(None)
+
+
+async def main():
+    if path == "tty":
+        master, slave = os.openpty()
+        f = open(slave, "wb", buffering=0)
+    else:
+        f = open(path, "rb" if direction == "read" else "wb", buffering=0)
+    if direction == "read":
+        tr, pr = await loop.connect_read_pipe(P, f)
+    else:
+        tr, pr = await loop.connect_write_pipe(P, f)
+        tr.write(b"abc")
+    await asyncio.sleep(0.1)
+    closing = tr.is_closing()
+    tr.close()
+    await asyncio.wait_for(pr.lost, 5)
+    ran = loop.create_future()
+    loop.call_later(0.01, ran.set_result, True)
+    return closing, await ran
+
+
+closing, timer_ran = loop.run_until_complete(main())
+loop.close()
+print(json.dumps({"events": events, "handler": handler, "closing": closing, "timer": timer_ran}))
+"""
+
+
+@pytest.mark.parametrize(
+    "direction, path",
+    [
+        ("read", os.devnull),
+        ("read", "/dev/zero"),
+        ("write", os.devnull),
+        ("write", "/dev/zero"),
+        ("write", "tty"),
+    ],
+)
+def test_character_device_as_pipe(loop_name, direction, path):
+    """issue 9, item 3: a read pipe on /dev/null or /dev/zero (which epoll refuses with
+    EPERM) made fastloop abort inside libuv (so: a child process). asyncio makes the
+    transport, reports the error to the exception handler (the reader could not be
+    added) and goes on: the transport closes normally and the loop keeps running.
+    Write pipes on these devices and on a tty just work on both loops."""
+    if path == "tty" and not hasattr(os, "openpty"):
+        pytest.skip("no os.openpty here")
+    out = run_child(loop_name, CHAR_DEVICE_CHILD, direction, path)
+    result = json.loads(child_stdout(out))
+    handler = [["PermissionError", errno.EPERM]] if direction == "read" else []
+    assert result == {
+        "events": ["made", "lost None"],
+        "handler": handler,
+        "closing": False,
+        "timer": True,
+    }
+
+
+# -- errors from protocol callbacks (issue 9, item 7) ------------------------------------
+
+
+def test_read_pipe_data_received_error_is_reported_and_reading_goes_on(
+    loop, exc_handler_calls, fds, pipe_fds
+):
+    """issue 9, item 7: data_received raising on a read pipe is not fatal (asyncio calls
+    the protocol from the reader's Handle: the exception handler gets it, with
+    "message" and "exception" (asyncio adds the "handle"), and the next chunk is
+    delivered as usual). fastloop closed the pipe: the writer got BrokenPipeError."""
+    r, w = pipe_fds
+    boom = ZeroDivisionError("boom")
+
+    class P(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            raise boom
+
+    async def main():
+        tr, pr = await loop.connect_read_pipe(P, fds.wrap(r, "rb"))
+        for i in range(5):
+            os.write(w, b"chunk%d;" % i)
+            await pr.wait_bytes(7 * (i + 1))
+        still_open = (tr.is_closing(), pr.lost.done())
+        fds.close(w)
+        lost = await asyncio.wait_for(pr.lost, 5)
+        return bytes(pr.data), still_open, lost
+
+    data, still_open, lost = run(loop, main())
+    assert data == b"chunk0;chunk1;chunk2;chunk3;chunk4;"
+    assert still_open == (False, False)
+    assert lost is None
+    assert len(exc_handler_calls) == 5
+    assert all(ctx["exception"] is boom and "message" in ctx for ctx in exc_handler_calls)
+    exc_handler_calls.clear()
+
+
+# -- the context protocol callbacks run in (issue 9, item 12) ----------------------------
+
+
+def test_read_pipe_callbacks_run_in_the_context_of_connect_read_pipe(loop, fds, pipe_fds):
+    """issue 9, item 12: a read pipe's protocol callbacks run in a copy of the context
+    current when connect_read_pipe() was called (asyncio: the reader's Handle is made
+    then), not in whatever context is current later."""
+    r, w = pipe_fds
+
+    async def main():
+        CTX_VAR.set("at connect_read_pipe")
+        tr, pr = await loop.connect_read_pipe(ContextRecorder, fds.wrap(r, "rb"))
+        CTX_VAR.set("later")
+        os.write(w, b"data")
+        await pr.wait_bytes(4)
+        fds.close(w)
+        await asyncio.wait_for(pr.lost, 5)
+        return pr.ctx
+
+    assert run(loop, main()) == dict.fromkeys(
+        ["made", "data", "eof", "lost"], "at connect_read_pipe"
+    )
+
+
+def test_subprocess_pipe_data_received_runs_in_the_context_of_subprocess_exec(loop):
+    """issue 9, item 12: a subprocess protocol's connection_made and pipe_data_received
+    run in a copy of the context current when subprocess_exec() was called.
+    (process_exited is left out: asyncio 3.11 calls it from its child watcher, in
+    whatever context that has.)"""
+
+    class P(asyncio.SubprocessProtocol):
+        def __init__(self):
+            self.ctx = {}
+            self.exited = asyncio.get_running_loop().create_future()
+
+        def connection_made(self, transport):
+            self.ctx.setdefault("made", CTX_VAR.get())
+
+        def pipe_data_received(self, fd, data):
+            self.ctx.setdefault("pipe_data", CTX_VAR.get())
+
+        def process_exited(self):
+            self.exited.set_result(None)
+
+    async def main():
+        CTX_VAR.set("at subprocess_exec")
+        tr, pr = await loop.subprocess_exec(
+            P, sys.executable, "-c", "print('hi')", stdin=None, stdout=-1, stderr=None
+        )
+        CTX_VAR.set("later")
+        try:
+            await asyncio.wait_for(pr.exited, 20)
+            await asyncio.sleep(0.05)
+        finally:
+            tr.close()
+        return pr.ctx
+
+    assert run(loop, main(), timeout=30) == {
+        "made": "at subprocess_exec",
+        "pipe_data": "at subprocess_exec",
+    }

@@ -4,6 +4,7 @@ socket options, backlog, start_serving / serve_forever / close / wait_closed,
 
 import asyncio
 import errno
+import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +13,9 @@ import sys
 import pytest
 
 from .netutil import (
+    CTX_VAR,
     HOST,
+    ContextRecorder,
     EchoServerProtocol,
     ProtocolServer,
     Recorder,
@@ -427,3 +430,149 @@ def test_connect_accepted_socket_rejects_non_stream(loop):
                 await loop.connect_accepted_socket(Recorder, s)
 
     run(loop, main())
+
+
+def test_create_server_with_sock_watched_by_add_reader(loop):
+    """issue 9, item 11: create_server(sock=s) while s has a reader from add_reader().
+    asyncio's server replaces that reader with its own (same fd): the server accepts,
+    the old callback is not called any more, and server.close() closes the socket and
+    leaves no watcher. fastloop refused (FileExistsError), closed the socket object
+    and leaked its fd."""
+
+    async def main():
+        sock = socket.create_server((HOST, 0))
+        sock.setblocking(False)
+        fd = sock.fileno()
+        ino = os.fstat(fd).st_ino
+        reader_calls = []
+        loop.add_reader(fd, reader_calls.append, "reader")
+        srv = ProtocolServer(EchoServerProtocol)
+        try:
+            srv.server = await loop.create_server(srv.factory, sock=sock)
+            addr = sock.getsockname()
+            await echo_roundtrip(*addr)
+            await srv.close()
+            return reader_calls, sock.fileno(), still_open(fd, ino), loop.remove_reader(fd)
+        finally:
+            # Whatever failed: no watcher and no fd of this test's socket outlive it.
+            loop.remove_reader(fd)
+            if sock.fileno() == -1 and still_open(fd, ino):
+                os.close(fd)
+            sock.close()
+
+    assert run(loop, main()) == ([], -1, False, False)
+
+
+def still_open(fd, ino):
+    """Whether fd number ``fd`` is still the file with inode ``ino``."""
+    try:
+        return os.fstat(fd).st_ino == ino
+    except OSError:
+        return False
+
+
+# -- the context protocol callbacks run in (issue 9, item 12) ----------------------------
+
+
+def test_server_callbacks_run_in_the_context_of_create_server(loop):
+    """issue 9, item 12: the server's protocol_factory and the accepted connection's
+    callbacks (connection_made, data_received, eof_received, connection_lost when the
+    peer ends it) run in a copy of the context current when create_server() was
+    called (asyncio: the accepting reader's Handle is made then)."""
+    factory_ctx = []
+
+    def factory():
+        factory_ctx.append(CTX_VAR.get())
+        return srv.factory()
+
+    srv = ProtocolServer(ContextRecorder)
+
+    async def main():
+        CTX_VAR.set("at create_server")
+        srv.server = await loop.create_server(factory, HOST, 0)
+        CTX_VAR.set("later")
+        async with srv:
+            with socket.create_connection(srv.addr) as client:
+                client.sendall(b"x")
+                client.shutdown(socket.SHUT_WR)
+                (sp,) = await srv.accepted()
+                await sp.wait_bytes(1)
+                await asyncio.wait_for(sp.lost, 5)
+            return factory_ctx, sp.ctx
+
+    assert run(loop, main()) == (
+        ["at create_server"],
+        dict.fromkeys(["made", "data", "eof", "lost"], "at create_server"),
+    )
+
+
+def test_connect_accepted_socket_callbacks_run_in_its_context(loop):
+    """issue 9, item 12: connect_accepted_socket()'s protocol callbacks run in a copy of
+    the context current when it was called."""
+
+    async def main():
+        with socket.create_server((HOST, 0)) as lsock:
+            client = socket.create_connection(lsock.getsockname())
+            accepted, _ = lsock.accept()
+        with client:
+            accepted.setblocking(False)
+            CTX_VAR.set("at connect_accepted_socket")
+            tr, pr = await loop.connect_accepted_socket(ContextRecorder, accepted)
+            CTX_VAR.set("later")
+            client.sendall(b"x")
+            await pr.wait_bytes(1)
+            client.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(pr.lost, 5)
+            return pr.ctx
+
+    assert run(loop, main()) == dict.fromkeys(
+        ["made", "data", "eof", "lost"], "at connect_accepted_socket"
+    )
+
+
+# -- protocols without every method (issue 9, item 20) -----------------------------------
+
+
+class WriteOnly(asyncio.BaseProtocol):
+    """A protocol that only writes: no data_received, no eof_received."""
+
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.made = loop.create_future()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(b"hello")
+        self.made.set_result(transport)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_server_with_a_write_only_protocol(loop):
+    """issue 9, item 20: a server whose protocol has no data_received (a write-only
+    BaseProtocol) works as long as nothing arrives: asyncio looks a protocol method up
+    only when it calls it. fastloop dropped the connection silently."""
+    made = []
+
+    def factory():
+        made.append(WriteOnly())
+        return made[-1]
+
+    async def main():
+        server = await loop.create_server(factory, HOST, 0)
+        try:
+            with socket.create_connection(server.sockets[0].getsockname()) as client:
+                client.setblocking(False)
+                got = await asyncio.wait_for(loop.sock_recv(client, 10), 5)
+                tr = await asyncio.wait_for(made[0].made, 5)
+                tr.close()
+                lost = await asyncio.wait_for(made[0].lost, 5)
+                rest = await asyncio.wait_for(loop.sock_recv(client, 10), 5)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return got, lost, rest
+
+    assert run(loop, main()) == (b"hello", None, b"")

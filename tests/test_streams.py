@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from .netutil import HOST, addr_of, pattern, run, sha256
+from .netutil import CTX_VAR, HOST, addr_of, pattern, run, sha256
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -441,3 +441,25 @@ def test_cancel_open_connection_at_each_step(loop):
     outcomes = run(loop, main())
     assert outcomes[0] == "cancelled"
     assert outcomes[-1] == "connected"
+
+
+def test_start_server_handler_sees_the_context_of_start_server(loop):
+    """issue 9, item 12: a context variable set before start_server() is visible in each
+    connection's handler task (asyncio: the task is made from the server's protocol
+    callbacks, which run in a copy of the context current at start_server())."""
+
+    async def handler(reader, writer):
+        await reader.read()
+        return CTX_VAR.get()
+
+    async def main():
+        CTX_VAR.set("at start_server")
+        async with StreamServer(handler) as srv:
+            CTX_VAR.set("later")
+            r, w = await asyncio.open_connection(*srv.addr)
+            w.write_eof()
+            await r.read()
+            await close_writer(w)
+            return srv.results
+
+    assert run(loop, main()) == ["at start_server"]

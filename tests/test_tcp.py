@@ -3,6 +3,7 @@ connection_lost, large transfers, many clients, and the errors asyncio reports."
 
 import asyncio
 import errno
+import os
 import socket
 import struct
 import sys
@@ -10,7 +11,9 @@ import sys
 import pytest
 
 from .netutil import (
+    CTX_VAR,
     HOST,
+    ContextRecorder,
     EchoServerProtocol,
     ProtocolServer,
     Recorder,
@@ -510,3 +513,85 @@ def test_cancel_create_connection_at_each_step(loop, host):
     outcomes = run(loop, main(), timeout=20)
     assert outcomes[0] == "cancelled"
     assert outcomes[-1] == "connected"
+
+
+def test_stream_callbacks_run_in_the_context_of_create_connection(loop):
+    """issue 9, item 12: data_received, eof_received and connection_lost (when the peer
+    ends the connection) run in a copy of the context current when create_connection()
+    was called, as connection_made does (asyncio: the transport's reader Handle is
+    made then), not in whatever context is current later."""
+
+    async def main():
+        with socket.create_server((HOST, 0)) as lsock:
+            CTX_VAR.set("at create_connection")
+            tr, pr = await loop.create_connection(ContextRecorder, *lsock.getsockname())
+            CTX_VAR.set("later")
+            peer, _ = lsock.accept()
+        with peer:
+            peer.sendall(b"x")
+            await pr.wait_bytes(1)
+            peer.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(pr.lost, 5)
+        return pr.ctx
+
+    assert run(loop, main()) == dict.fromkeys(
+        ["made", "data", "eof", "lost"], "at create_connection"
+    )
+
+
+class WriteOnly(asyncio.BaseProtocol):
+    """A protocol that only writes: no data_received, no eof_received."""
+
+    def __init__(self):
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        transport.write(b"hello")
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def fd_count():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_create_connection_with_a_write_only_protocol(loop):
+    """issue 9, item 20: create_connection() with a protocol that has no data_received
+    (a write-only BaseProtocol) works: asyncio looks a protocol method up only when it
+    calls it. fastloop raised AttributeError and left the connected socket open."""
+
+    async def main():
+        before = fd_count()
+        with socket.create_server((HOST, 0)) as lsock:
+            tr, pr = await loop.create_connection(WriteOnly, *lsock.getsockname())
+            peer, _ = lsock.accept()
+        with peer:
+            got = await loop.run_in_executor(None, recv_exactly, peer, 5)
+            tr.close()
+            lost = await asyncio.wait_for(pr.lost, 5)
+        return got, lost, fd_count() - before
+
+    assert run(loop, main()) == (b"hello", None, 0)
+
+
+def test_write_only_protocol_receiving_data_is_a_fatal_error(loop, exc_handler_calls):
+    """issue 9, item 20: when data does arrive for a protocol without data_received,
+    asyncio's call fails then: "Fatal error: protocol.data_received() call failed.",
+    and connection_lost gets the AttributeError."""
+
+    async def main():
+        with socket.create_server((HOST, 0)) as lsock:
+            tr, pr = await loop.create_connection(WriteOnly, *lsock.getsockname())
+            peer, _ = lsock.accept()
+        with peer:
+            peer.sendall(b"unexpected")
+            return await asyncio.wait_for(pr.lost, 5)
+
+    lost = run(loop, main())
+    assert isinstance(lost, AttributeError)
+    assert [c["message"] for c in exc_handler_calls] == [
+        "Fatal error: protocol.data_received() call failed."
+    ]
+    assert exc_handler_calls[0]["exception"] is lost
+    exc_handler_calls.clear()

@@ -3,19 +3,24 @@ semantics, get_extra_info, flow control in both directions, BufferedProtocol."""
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
+import sys
+import threading
 
 import pytest
 
 from .netutil import (
     Recorder,
+    child_stdout,
     close_transport,
     pattern,
     raw_peer,
     recv_exactly,
     recv_until_eof,
     run,
+    run_child,
     sha256,
     spin,
     tcp_echo_server,
@@ -542,6 +547,93 @@ def test_buffered_protocol_get_buffer_failure(loop, exc_handler_calls, fail):
     exc_handler_calls.clear()
 
 
+# get_buffer() that stops the transport, in a child (it crashed fastloop). The child
+# prints the protocol's calls as a JSON list.
+GET_BUFFER_STOPS_CHILD = r"""
+import json, socket
+
+action = sys.argv[2]
+loop = new_loop()
+events = []
+
+
+class P(asyncio.BufferedProtocol):
+    def __init__(self):
+        self.buf = bytearray(100)
+        self.lost = loop.create_future()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        events.append("get_buffer")
+        if events.count("get_buffer") == 1:
+            getattr(self.transport, action)()
+            events.append(f"is_closing={self.transport.is_closing()}")
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        events.append(f"buffer_updated {bytes(self.buf[:nbytes])!r}")
+
+    def eof_received(self):
+        events.append("eof_received")
+
+    def connection_lost(self, exc):
+        events.append(f"connection_lost {exc!r}")
+        self.lost.set_result(None)
+
+
+async def main():
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        tr, pr = await loop.create_connection(P, *lsock.getsockname())
+        peer, _ = lsock.accept()
+    with peer:
+        peer.sendall(b"hello")
+        await asyncio.sleep(0.1)
+        if action == "pause_reading":
+            events.append(f"is_reading={tr.is_reading()}")
+            peer.sendall(b"more")
+            await asyncio.sleep(0.1)  # nothing is read while paused
+            tr.resume_reading()
+            await asyncio.sleep(0.1)
+            tr.close()
+        await asyncio.wait_for(pr.lost, 5)
+
+
+loop.run_until_complete(main())
+loop.close()
+print(json.dumps(events))
+"""
+
+
+@pytest.mark.parametrize("action", ["pause_reading", "close", "abort"])
+def test_get_buffer_that_stops_the_transport(loop_name, action):
+    """issue 9, item 1: BufferedProtocol.get_buffer() calling pause_reading(), close() or
+    abort() on its transport (a child process: it crashed fastloop). As asyncio: the
+    read that asked for the buffer still completes into it (buffer_updated with the
+    bytes), nothing more is read while paused, connection_lost comes once."""
+    out = run_child(loop_name, GET_BUFFER_STOPS_CHILD, action)
+    events = json.loads(child_stdout(out))
+    if action == "pause_reading":
+        assert events == [
+            "get_buffer",
+            "is_closing=False",
+            "buffer_updated b'hello'",
+            "is_reading=False",
+            "get_buffer",
+            "buffer_updated b'more'",
+            "connection_lost None",
+        ]
+    else:
+        assert events == [
+            "get_buffer",
+            "is_closing=True",
+            "buffer_updated b'hello'",
+            "connection_lost None",
+        ]
+
+
 # -- re-entrancy: calls made from inside protocol callbacks --------------------------------
 
 
@@ -644,6 +736,95 @@ def test_write_to_a_reset_peer_loses_the_connection_once(loop):
     # The peer reset with unread data: the failed send or recv reports it; no handler call.
     assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
     assert calls == [exc]
+
+
+def test_writelines_with_a_bad_item_sends_nothing(loop):
+    """issue 9, item 15: writelines() whose items are not all bytes-like raises TypeError
+    and sends none of them (asyncio joins them first; uvloop checks them first)."""
+
+    async def main():
+        async with raw_peer(Recorder) as (tr, pr, peer):
+            with pytest.raises(TypeError):
+                tr.writelines([b"a", "not bytes", b"c"])
+            tr.write(b"after")
+            return await loop.run_in_executor(None, recv_exactly, peer, 5)
+
+    assert run(loop, main()) == b"after"
+
+
+def test_write_eof_on_a_reset_connection_raises(loop):
+    """issue 9, item 15: write_eof() on a connection the peer has reset (not yet noticed:
+    reading is paused) raises OSError, as asyncio's (its shutdown(SHUT_WR) fails with
+    ENOTCONN), instead of passing silently."""
+
+    async def main():
+        async with raw_peer(Recorder) as (tr, pr, peer):
+            tr.pause_reading()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.close()
+            await asyncio.sleep(0.1)
+            with pytest.raises(OSError):
+                tr.write_eof()
+
+    run(loop, main())
+
+
+# -- one write of 4 GiB or more ------------------------------------------------------------
+
+HUGE = 2**32 + 3  # more than 4 GiB: a length kept in 32 bits loses 2**32 of it
+
+
+def mem_available():
+    """MemAvailable from /proc/meminfo, in bytes (0 if unknown)."""
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def count_until_eof(sock, counted):
+    """Blocking: read ``sock`` until EOF into one reused buffer, adding up the bytes."""
+    buf = bytearray(1 << 20)
+    while True:
+        n = sock.recv_into(buf)
+        if not n:
+            return
+        counted[0] += n
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("method", ["write", "writelines"])
+def test_write_of_4gib_or_more_sends_every_byte(loop, loop_name, method):
+    """issue 9, item 6: one write() (or a writelines() item) of 2**32 + 3 bytes sends
+    all of them, not len % 2**32. bytes(n) is calloc'd zero pages: no memory is used
+    until something copies it. asyncio (3.11) does copy the unsent rest: data[n:] and
+    then its bytearray buffer, about 8 GiB in all, hence the memory check."""
+    need = 9 * 2**30 if loop_name == "asyncio" and sys.version_info < (3, 12) else 2**30
+    if mem_available() < need:
+        pytest.skip(f"needs {need >> 30} GiB of available memory on this loop and Python")
+    counted = [0]
+
+    async def main():
+        a, b = socket.socketpair()
+        reader = threading.Thread(target=count_until_eof, args=(b, counted))
+        reader.start()
+        try:
+            tr, pr = await loop.create_unix_connection(Recorder, sock=a)
+            data = bytes(HUGE)
+            if method == "write":
+                tr.write(data)
+            else:
+                tr.writelines([data])
+            del data
+            tr.close()  # flushes, then EOF
+            await asyncio.wait_for(pr.lost, 500)
+        finally:
+            await loop.run_in_executor(None, reader.join, 60)
+            b.close()
+
+    run(loop, main(), timeout=550)
+    assert counted[0] == HUGE
 
 
 # -- sendfile ------------------------------------------------------------------------------
