@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <string_view>
 
 #include "debug.hpp"
 #include "errors.hpp"
@@ -82,11 +84,29 @@ bool init_libuv_globals() noexcept {
 
 Loop::Loop() : watchers_(this), read_buffer_(kReadBufferSize) {}
 
+namespace {
+
+// libuv (1.44 at least) leaks its epoll fd when uv_loop_init fails after
+// making it (at fd exhaustion, say): close it if it is there.
+void close_leaked_backend(const uv_loop_t& loop) noexcept {
+  const int fd = loop.backend_fd;
+  if (fd <= 2) return;  // -1: never made; 0: not reached (memset)
+  char path[64];
+  char target[64] = {};
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  const ssize_t n = readlink(path, target, sizeof target - 1);
+  if (n > 0 && std::string_view(target, static_cast<size_t>(n)) == "anon_inode:[eventpoll]") {
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
 bool Loop::open() {
   const int err = uv_loop_init(&uv_);
   if (err < 0) {
-    // uv_loop_init undoes its own partial work.
     closed_ = true;
+    close_leaked_backend(uv_);
     set_uv_error(err);
     return false;
   }
