@@ -1,10 +1,13 @@
 // Binds the native spawn (cpp/spawn.hpp) as _core._spawn, which
-// fastloop/_subprocess.py calls the way subprocess.Popen calls _fork_exec.
+// fastloop/_subprocess.py calls the way subprocess.Popen calls _fork_exec:
+// the arguments are converted, and refused, as _fork_exec converts them, and
+// a failure raises the OSError Popen raises.
 #include "spawn.hpp"
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,9 +20,82 @@ namespace fastloop {
 
 namespace {
 
-// Refuses what exec would cut short at a NUL, as subprocess.Popen does.
-void check_no_nul(const std::string& s) {
-  if (s.find('\0') != std::string::npos) throw py::value_error("embedded null byte");
+[[noreturn]] void raise(PyObject* type, const char* message) {
+  PyErr_SetString(type, message);
+  throw py::error_already_set();
+}
+
+// A str, bytes or os.PathLike as the bytes exec takes (PyUnicode_FSConverter:
+// TypeError for other types, ValueError for an embedded NUL).
+std::string fs_bytes(py::handle obj) {
+  PyObject* bytes = nullptr;
+  if (PyUnicode_FSConverter(obj.ptr(), &bytes) == 0) throw py::error_already_set();
+  std::string out(PyBytes_AS_STRING(bytes), static_cast<size_t>(PyBytes_GET_SIZE(bytes)));
+  Py_DECREF(bytes);
+  return out;
+}
+
+std::vector<std::string> fs_bytes_list(const py::sequence& items) {
+  std::vector<std::string> out;
+  out.reserve(items.size());
+  for (py::handle item : items) out.push_back(fs_bytes(item));
+  return out;
+}
+
+// Bytes already encoded (the environment, the exec paths): only a NUL is refused.
+std::vector<std::string> bytes_list(const py::sequence& items) {
+  std::vector<std::string> out;
+  out.reserve(items.size());
+  for (py::handle item : items) {
+    auto s = py::cast<std::string>(item);
+    if (s.find('\0') != std::string::npos) raise(PyExc_ValueError, "embedded null byte");
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// A C int, as PyArg_Parse's "i" format (how _fork_exec takes its fds and the
+// process group): TypeError for a non-integer, OverflowError out of range.
+int c_int(py::handle obj) {
+  if (PyFloat_Check(obj.ptr())) raise(PyExc_TypeError, "integer argument expected, got float");
+  const long value = PyLong_AsLong(obj.ptr());
+  if (value == -1 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+  if (value > INT_MAX) raise(PyExc_OverflowError, "signed integer is greater than maximum");
+  if (value < INT_MIN) raise(PyExc_OverflowError, "signed integer is less than minimum");
+  return static_cast<int>(value);
+}
+
+// pass_fds, sorted by the caller: ints in [0, INT_MAX], each above the one
+// before, or ValueError as _fork_exec raises for its fds_to_keep.
+std::vector<int> fds_to_keep(const py::sequence& fds) {
+  std::vector<int> out;
+  long previous = -1;
+  for (py::handle item : fds) {
+    if (!PyLong_Check(item.ptr())) raise(PyExc_ValueError, "bad value(s) in fds_to_keep");
+    const long fd = PyLong_AsLong(item.ptr());
+    if (fd == -1 && PyErr_Occurred() != nullptr) PyErr_Clear();  // too large: refused below
+    if (fd < 0 || fd <= previous || fd > INT_MAX) {
+      raise(PyExc_ValueError, "bad value(s) in fds_to_keep");
+    }
+    out.push_back(static_cast<int>(fd));
+    previous = fd;
+  }
+  return out;
+}
+
+// What the OSError of a failed spawn names (nullptr: nothing), as Popen: the executable as given
+// for a failed exec, cwd (None: nothing) for a failed set-up. Where Popen would
+// have started the child with os.posix_spawn (popen_posix_spawns), a set-up
+// that failed in the child names the executable, one refused before it nothing.
+PyObject* error_name(SpawnStage stage, const py::object& executable, const py::object& cwd,
+                     bool popen_posix_spawns) {
+  PyObject* name = cwd.ptr();
+  if (stage == SpawnStage::kExec || (popen_posix_spawns && stage == SpawnStage::kSetupInChild)) {
+    name = executable.ptr();
+  } else if (popen_posix_spawns) {
+    name = Py_None;
+  }
+  return name == Py_None ? nullptr : name;
 }
 
 }  // namespace
@@ -27,45 +103,42 @@ void check_no_nul(const std::string& s) {
 void register_spawn(py::module_& m) {
   m.def(
       "_spawn",
-      [](const std::string& path, const std::vector<std::string>& argv,
-         const std::optional<std::vector<std::string>>& env, const std::string& cwd,
-         const std::vector<int>& stdio, const std::vector<int>& pass_fds, bool close_fds,
-         bool new_session, int process_group, bool restore_signals) {
+      [](const py::object& executable, const py::sequence& exec_list, const py::sequence& args,
+         const std::optional<py::sequence>& env, const py::object& cwd, const py::sequence& stdio,
+         const py::sequence& pass_fds, bool close_fds, bool new_session,
+         const py::object& process_group, bool restore_signals, bool popen_posix_spawns) {
         SpawnRequest req;
-        req.path = path;
-        req.argv = argv;
-        if (env) {
-          req.env = *env;
-          req.has_env = true;
-        }
-        req.cwd = cwd;
         if (stdio.size() != 3) throw py::value_error("stdio: three fds expected");
-        for (size_t i = 0; i < 3; ++i) req.stdio[i] = stdio[i];
-        req.pass_fds = pass_fds;
+        for (size_t i = 0; i < 3; ++i) req.stdio[i] = c_int(py::object(stdio[i]));
+        req.process_group = c_int(process_group);
+        req.pass_fds = fds_to_keep(pass_fds);
+        req.argv = fs_bytes_list(args);
+        req.file = fs_bytes(executable);
+        req.exec_list = bytes_list(exec_list);
+        if (!cwd.is_none()) req.cwd = fs_bytes(cwd);
+        if (env) req.env = bytes_list(*env);
         req.close_fds = close_fds;
         req.new_session = new_session;
-        req.process_group = process_group;
         req.restore_signals = restore_signals;
-        check_no_nul(req.path);
-        check_no_nul(req.cwd);
-        for (const std::string& s : req.argv) check_no_nul(s);
-        for (const std::string& s : req.env) check_no_nul(s);
-        pid_t pid = -1;
+        SpawnResult result;
         {
+          // The spawn waits for the child's exec (vfork); req is this thread's.
           py::gil_scoped_release nogil;
-          pid = spawn(req);
+          result = spawn(req);
         }
-        if (pid < 0) {
-          errno = -pid;
-          PyErr_SetFromErrno(PyExc_OSError);
+        if (result.error != 0) {
+          errno = result.error;
+          PyObject* name = error_name(result.stage, executable, cwd, popen_posix_spawns);
+          PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
           throw py::error_already_set();
         }
-        return pid;
+        return result.pid;
       },
-      py::arg("path"), py::arg("argv"), py::arg("env"), py::arg("cwd"), py::arg("stdio"),
-      py::arg("pass_fds"), py::arg("close_fds"), py::arg("new_session"), py::arg("process_group"),
-      py::arg("restore_signals"),
-      "Start a child with posix_spawn (see cpp/spawn.hpp); its pid, or OSError.");
+      py::arg("executable"), py::arg("exec_list"), py::arg("args"), py::arg("env"), py::arg("cwd"),
+      py::arg("stdio"), py::arg("pass_fds"), py::arg("close_fds"), py::arg("new_session"),
+      py::arg("process_group"), py::arg("restore_signals"), py::arg("popen_posix_spawns"),
+      "Start a child as subprocess.Popen's _fork_exec would (see cpp/spawn.hpp): its pid, or "
+      "the OSError Popen raises.");
 }
 
 }  // namespace fastloop
