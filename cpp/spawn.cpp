@@ -202,12 +202,21 @@ SpawnResult spawn_each(const SpawnRequest& req, SpawnSetup& setup, char* const* 
   return {.error = first != 0 ? first : last};
 }
 
-// posix_spawn reports a failure to set the child up and a failed exec alike;
-// Popen tells them apart. Spawning once more with the same setup and a last
-// file action that always fails with EISDIR (opening "/" for writing: an
-// error no setup step gives), so that no exec is reached, tells which: EISDIR
-// back means the setup went through. Appends to the file actions, so it is
-// the last use of `setup`.
+int prepare(SpawnSetup& setup, const SpawnRequest& req, bool with_cwd) {
+  int err = add_fd_actions(setup, req);
+  if (err == 0 && with_cwd && req.cwd) {
+    err = posix_spawn_file_actions_addchdir_np(setup.actions(), req.cwd->c_str());
+  }
+  if (err == 0) err = add_attributes(setup, req);
+  return err;
+}
+
+// Whether setting the child up fails, and its errno. posix_spawn reports a
+// failed set-up and a failed exec alike; spawning once more with the same
+// set-up and a last file action that always fails with EISDIR (opening "/"
+// for writing: an error no set-up step gives), so that no exec is reached,
+// tells which: EISDIR back means the set-up went through. Appends to the file
+// actions, so it is the last use of `setup`.
 int setup_error(SpawnSetup& setup, char* const* argv, char* const* envp) {
   if (posix_spawn_file_actions_addopen(setup.actions(), 0, "/", O_WRONLY, 0) != 0) return 0;
   pid_t pid = -1;
@@ -219,16 +228,28 @@ int setup_error(SpawnSetup& setup, char* const* argv, char* const* envp) {
   return err == EISDIR ? 0 : err;
 }
 
+// After every exec failed: was it the set-up, and which step? A set-up that
+// goes through without the chdir failed at the chdir.
+SpawnResult failed_setup(const SpawnRequest& req, SpawnSetup& setup, char* const* argv,
+                         char* const* envp) {
+  const int err = setup_error(setup, argv, envp);
+  if (err == 0) return {};
+  if (req.cwd) {
+    SpawnSetup without_cwd;
+    if (prepare(without_cwd, req, false) == 0 && setup_error(without_cwd, argv, envp) == 0) {
+      return {.error = err, .stage = SpawnStage::kChdir};
+    }
+  }
+  return {.error = err, .stage = SpawnStage::kSetupInChild};
+}
+
 }  // namespace
 
 SpawnResult spawn(const SpawnRequest& req) {
   SpawnSetup setup;
-  int err = add_fd_actions(setup, req);
-  if (err == 0 && req.cwd) {
-    err = posix_spawn_file_actions_addchdir_np(setup.actions(), req.cwd->c_str());
+  if (const int err = prepare(setup, req, true); err != 0) {
+    return {.error = err, .stage = SpawnStage::kSetupHere};
   }
-  if (err == 0) err = add_attributes(setup, req);
-  if (err != 0) return {.error = err, .stage = SpawnStage::kSetupHere};
   std::vector<char*> argv = c_strings(req.argv);
   std::vector<char*> env;
   if (req.env) env = c_strings(*req.env);
@@ -244,8 +265,9 @@ SpawnResult spawn(const SpawnRequest& req) {
   }
   SpawnResult result = spawn_each(req, setup, argv.data(), envp);
   if (result.error != 0) {
-    if (const int setup_err = setup_error(setup, argv.data(), envp); setup_err != 0) {
-      return {.error = setup_err, .stage = SpawnStage::kSetupInChild};
+    if (SpawnResult setup_failure = failed_setup(req, setup, argv.data(), envp);
+        setup_failure.error != 0) {
+      return setup_failure;
     }
   }
   return result;

@@ -46,10 +46,12 @@ struct SpawnRequest {
   bool restore_signals = true;
 };
 
-// Where a spawn failed. Popen names the program in the error of a failed
-// exec, and cwd in one of the set-up before (an fd, the working directory, the
-// process group), which the set-up either refuses here or meets in the child.
-enum class SpawnStage : unsigned char { kExec, kSetupInChild, kSetupHere };
+// Where a spawn failed, which decides what Popen's OSError names (the
+// program, cwd or nothing, by Python version): the exec; chdir(cwd); another
+// step of the set-up, in the child (an fd, the process group); a set-up
+// refused here, before any child. The order is the binding's (_spawn's
+// error_names).
+enum class SpawnStage : unsigned char { kExec, kChdir, kSetupInChild, kSetupHere };
 
 struct SpawnResult {
   pid_t pid = -1;  // the child's, when error is 0

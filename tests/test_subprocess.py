@@ -1035,13 +1035,15 @@ def closed_fd():
     raise AssertionError("no closed fd")
 
 
-@pytest.mark.parametrize(
-    "make", [make for _, make in BAD_SPAWN_ARGUMENTS], ids=[i for i, _ in BAD_SPAWN_ARGUMENTS]
-)
-def test_bad_spawn_arguments_raise_as_popen(loop, tmp_path, make):
+@pytest.mark.parametrize("name, make", BAD_SPAWN_ARGUMENTS, ids=[i for i, _ in BAD_SPAWN_ARGUMENTS])
+def test_bad_spawn_arguments_raise_as_popen(loop, loop_name, tmp_path, name, make):
     (tmp_path / "file").write_bytes(b"")
     args, kwargs = make(closed_fd(), tmp_path)
     expected = popen_outcome(args, **kwargs)
+    if name == "process_group=2**40" and expected[0] == "exit" and loop_name == "fastloop":
+        # Popen on 3.12 truncates the process group to 32 bits (2**40 becomes 0);
+        # fastloop refuses it as Popen on 3.11 and 3.13 do (README, known differences).
+        expected = (OverflowError, "Python int too large to convert to C int")
 
     async def main():
         before = open_fds()

@@ -54,15 +54,25 @@ std::vector<std::string> bytes_list(const py::sequence& items) {
   return out;
 }
 
-// A C int, as PyArg_Parse's "i" format (how _fork_exec takes its fds and the
-// process group): TypeError for a non-integer, OverflowError out of range.
+// A C int as this Python's _fork_exec takes its fds and the process group:
+// TypeError for a non-integer, OverflowError out of range, with the messages
+// of PyArg_Parse's "i" format (3.11) or of Argument Clinic's int (3.12+).
 int c_int(py::handle obj) {
-  if (PyFloat_Check(obj.ptr())) raise(PyExc_TypeError, "integer argument expected, got float");
+#if PY_VERSION_HEX >= 0x030D0000
+  const int value = PyLong_AsInt(obj.ptr());
+  if (value == -1 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+  return value;
+#elif PY_VERSION_HEX >= 0x030C0000
+  const int value = _PyLong_AsInt(obj.ptr());
+  if (value == -1 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+  return value;
+#else
   const long value = PyLong_AsLong(obj.ptr());
   if (value == -1 && PyErr_Occurred() != nullptr) throw py::error_already_set();
   if (value > INT_MAX) raise(PyExc_OverflowError, "signed integer is greater than maximum");
   if (value < INT_MIN) raise(PyExc_OverflowError, "signed integer is less than minimum");
   return static_cast<int>(value);
+#endif
 }
 
 // pass_fds, sorted by the caller: ints in [0, INT_MAX], each above the one
@@ -83,21 +93,6 @@ std::vector<int> fds_to_keep(const py::sequence& fds) {
   return out;
 }
 
-// What the OSError of a failed spawn names (nullptr: nothing), as Popen: the executable as given
-// for a failed exec, cwd (None: nothing) for a failed set-up. Where Popen would
-// have started the child with os.posix_spawn (popen_posix_spawns), a set-up
-// that failed in the child names the executable, one refused before it nothing.
-PyObject* error_name(SpawnStage stage, const py::object& executable, const py::object& cwd,
-                     bool popen_posix_spawns) {
-  PyObject* name = cwd.ptr();
-  if (stage == SpawnStage::kExec || (popen_posix_spawns && stage == SpawnStage::kSetupInChild)) {
-    name = executable.ptr();
-  } else if (popen_posix_spawns) {
-    name = Py_None;
-  }
-  return name == Py_None ? nullptr : name;
-}
-
 }  // namespace
 
 void register_spawn(py::module_& m) {
@@ -106,8 +101,9 @@ void register_spawn(py::module_& m) {
       [](const py::object& executable, const py::sequence& exec_list, const py::sequence& args,
          const std::optional<py::sequence>& env, const py::object& cwd, const py::sequence& stdio,
          const py::sequence& pass_fds, bool close_fds, bool new_session,
-         const py::object& process_group, bool restore_signals, bool popen_posix_spawns) {
+         const py::object& process_group, bool restore_signals, const py::tuple& error_names) {
         SpawnRequest req;
+        if (error_names.size() != 4) throw py::value_error("error_names: four names expected");
         if (stdio.size() != 3) throw py::value_error("stdio: three fds expected");
         for (size_t i = 0; i < 3; ++i) req.stdio[i] = c_int(py::object(stdio[i]));
         req.process_group = c_int(process_group);
@@ -127,16 +123,17 @@ void register_spawn(py::module_& m) {
           result = spawn(req);
         }
         if (result.error != 0) {
+          // What Popen names depends on the stage (and the Python version).
+          PyObject* name = error_names[static_cast<size_t>(result.stage)].ptr();
           errno = result.error;
-          PyObject* name = error_name(result.stage, executable, cwd, popen_posix_spawns);
-          PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+          PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name == Py_None ? nullptr : name);
           throw py::error_already_set();
         }
         return result.pid;
       },
       py::arg("executable"), py::arg("exec_list"), py::arg("args"), py::arg("env"), py::arg("cwd"),
       py::arg("stdio"), py::arg("pass_fds"), py::arg("close_fds"), py::arg("new_session"),
-      py::arg("process_group"), py::arg("restore_signals"), py::arg("popen_posix_spawns"),
+      py::arg("process_group"), py::arg("restore_signals"), py::arg("error_names"),
       "Start a child as subprocess.Popen's _fork_exec would (see cpp/spawn.hpp): its pid, or "
       "the OSError Popen raises.");
 }

@@ -155,6 +155,15 @@ def _exec_list(executable, env):
     return [os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env)]
 
 
+# How this Python's Popen names things in its errors, read from its own code:
+# cwd only for a failed chdir(cwd) since gh-104522 (3.11.8, 3.12.2, 3.13), for
+# any failure before exec until then; stdout=STDOUT refused since 3.13.
+_POPEN_NAMES_CWD_FOR_CHDIR_ONLY = "noexec:chdir" in _POPEN._execute_child.__code__.co_consts
+_POPEN_REFUSES_STDOUT_STDOUT = (
+    "STDOUT can only be used for stderr" in _POPEN.__init__.__code__.co_consts
+)
+
+
 def _popen_posix_spawns(executable, close_fds, pass_fds, cwd, fds, new_session, process_group):
     """Whether subprocess.Popen would start this child with os.posix_spawn (its own
     condition, on this Python), which names the program in more of its errors."""
@@ -168,6 +177,16 @@ def _popen_posix_spawns(executable, close_fds, pass_fds, cwd, fds, new_session, 
         and not new_session
         and process_group is None
     )
+
+
+def _error_names(executable, cwd, posix_spawns):
+    """What Popen's OSError names when the spawn fails at each stage (cpp/spawn.hpp,
+    SpawnStage): the exec, chdir(cwd), another set-up step in the child, a set-up
+    refused before the child. None: nothing."""
+    if posix_spawns:  # os.posix_spawn (cwd is None): errors from the child name the path
+        return (executable, None, executable, None)
+    setup = None if _POPEN_NAMES_CWD_FOR_CHDIR_ONLY else cwd
+    return (executable, cwd, setup, setup)
 
 
 def _env_list(env):
@@ -204,6 +223,8 @@ def spawn(
     process_group,
 ):
     """Start the child as subprocess.Popen would (POSIX); a Child."""
+    if stdout is _STDOUT and _POPEN_REFUSES_STDOUT_STDOUT:
+        raise ValueError("STDOUT can only be used for stderr")
     if isinstance(args, (str, bytes)):
         args = [args]
     elif isinstance(args, os.PathLike):
@@ -261,8 +282,12 @@ def spawn(
             bool(start_new_session),
             -1 if process_group is None else process_group,
             bool(restore_signals),
-            _popen_posix_spawns(
-                executable, close_fds, pass_fds, cwd, fds, start_new_session, process_group
+            _error_names(
+                executable,
+                cwd,
+                _popen_posix_spawns(
+                    executable, close_fds, pass_fds, cwd, fds, start_new_session, process_group
+                ),
             ),
         )
     except BaseException:
