@@ -57,7 +57,7 @@ class LoopWakeup final : public HandleOwner {
   explicit LoopWakeup(Loop* loop) noexcept : HandleOwner(loop, Lifetime::kSelf) {}
   bool init() noexcept {
     return init_handle(&async_, nullptr, [](uv_loop_t* l, uv_async_t* a) {
-      return uv_async_init(l, a, [](uv_async_t* /*async*/) {});
+      return uv_async_init(l, a, [](uv_async_t* /*async*/) noexcept {});
     });
   }
   // Any thread; the GIL is held by the caller (see Loop::wake_up).

@@ -13,13 +13,17 @@ stdout and stderr at once, and stdin flow control against a child that does not 
 """
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -739,6 +743,328 @@ def test_non_executable_file(loop, tmp_path):
         return info.value.filename, open_fds() - before
 
     assert run(loop, main()) == (str(script), set())
+
+
+# -- the PATH search happens in the child, as subprocess.Popen's --------------------------
+
+
+def describe_error(exc):
+    """What the tests compare of an exception: its class, and errno, filename and message."""
+    if isinstance(exc, OSError):
+        return type(exc), exc.errno, exc.filename, str(exc)
+    return type(exc), str(exc)
+
+
+def popen_outcome(args, **kwargs):
+    """What subprocess.Popen, which asyncio's loop calls, does with these arguments on
+    this Python: ("exit", returncode, stdout), or the error it raises."""
+    kwargs.setdefault("stdout", PIPE)
+    try:
+        proc = subprocess.Popen(args, **kwargs)
+    except Exception as exc:
+        return describe_error(exc)
+    out, _ = proc.communicate(timeout=10)
+    return "exit", proc.returncode, out
+
+
+async def loop_outcome(args, **kwargs):
+    """The same through asyncio.create_subprocess_exec on the running loop."""
+    kwargs.setdefault("stdout", PIPE)
+    try:
+        proc = await asyncio.create_subprocess_exec(*args, **kwargs)
+    except Exception as exc:
+        return describe_error(exc)
+    out, _ = await proc.communicate()
+    return "exit", proc.returncode, out
+
+
+# Python-level calls that look a path up in the filesystem. subprocess.Popen makes none
+# of them while it starts a child (the PATH search and every exec happen in the child);
+# a loop that made them would block its thread on the filesystem.
+FS_LOOKUPS = [
+    (os, ["stat", "lstat", "access", "open", "listdir", "scandir", "readlink"]),
+    (os.path, ["exists", "lexists", "isfile", "isdir", "islink", "realpath"]),
+    (shutil, ["which"]),
+    (builtins, ["open"]),
+]
+
+
+@contextlib.contextmanager
+def recording_fs_lookups():
+    """Records the FS_LOOKUPS calls made on this thread (open() of an fd is no look-up)."""
+    calls = []
+    thread = threading.get_ident()
+
+    def recorder(name, real):
+        def record(*args, **kwargs):
+            if threading.get_ident() == thread and not (args and isinstance(args[0], int)):
+                calls.append(name)
+            return real(*args, **kwargs)
+
+        return record
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module, names in FS_LOOKUPS:
+            for name in names:
+                mp.setattr(module, name, recorder(name, getattr(module, name)))
+        yield calls
+
+
+@pytest.mark.parametrize(
+    "case", ["bare-name", "bare-name-env-path", "missing", "missing-env-path", "missing-cwd"]
+)
+def test_no_filesystem_lookup_on_the_loop_thread(loop, tmp_path, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"PATH": f"{empty}:/usr/bin:/bin"}
+    args, kwargs = {
+        "bare-name": (["true"], {}),
+        "bare-name-env-path": (["true"], {"env": env}),
+        "missing": (["fastloop-no-such-program"], {}),
+        "missing-env-path": (["fastloop-no-such-program"], {"env": env}),
+        "missing-cwd": (["true"], {"cwd": tmp_path / "no-such-dir"}),
+    }[case]
+    expected = popen_outcome(args, **kwargs)
+
+    async def main():
+        with recording_fs_lookups() as calls:
+            try:
+                proc = await asyncio.create_subprocess_exec(*args, stdout=PIPE, **kwargs)
+            except OSError as exc:
+                return describe_error(exc), calls
+        out, _ = await proc.communicate()
+        return ("exit", proc.returncode, out), calls
+
+    assert run(loop, main()) == (expected, [])
+
+
+ENOEXEC_BYTES = b"\x7fnot an executable format\n"
+
+
+def path_dir(root, name, prog=None, mode=0o755):
+    """A directory for PATH; with `prog` (bytes), a file named `prog` in it."""
+    d = root / name
+    d.mkdir()
+    if prog is not None:
+        (d / "prog").write_bytes(prog)
+        (d / "prog").chmod(mode)
+    return d
+
+
+SCRIPT = b'#!/bin/sh\necho "ran $0"\n'
+
+
+def prog(content, mode=0o755, suffix=""):
+    """A PATH entry: a directory holding `prog` (written as given), plus `suffix`."""
+    return ("prog", content, mode, suffix)
+
+
+EMPTY_DIR = ("empty",)  # a directory without `prog`: ENOENT
+A_FILE = ("file",)  # a regular file: ENOTDIR
+DIR_NAMED_PROG = ("dir-prog",)  # `prog` is a directory: EACCES
+EMPTY_ENTRY = ("",)  # the working directory
+
+PATH_SCENARIOS = {
+    # execve's ENOEXEC does not stop Popen's search (glibc's execvp would stop there).
+    "enoexec-then-script": [prog(ENOEXEC_BYTES), prog(SCRIPT)],
+    "eacces-then-script": [prog(SCRIPT, 0o644), prog(SCRIPT)],
+    "dir-named-prog-then-script": [DIR_NAMED_PROG, prog(SCRIPT)],
+    # With no candidate run, the first error other than ENOENT/ENOTDIR, else the last.
+    "eacces-then-enoexec": [prog(SCRIPT, 0o644), prog(ENOEXEC_BYTES)],
+    "enoexec-then-eacces": [prog(ENOEXEC_BYTES), prog(SCRIPT, 0o644)],
+    "enotdir-then-enoent": [A_FILE, EMPTY_DIR],
+    "enoent-then-enotdir": [EMPTY_DIR, A_FILE],
+    "enotdir-then-eacces": [A_FILE, prog(SCRIPT, 0o644)],
+    # The path exec is given, as the script sees it in $0: Popen joins with os.path.join.
+    "trailing-slash": [prog(SCRIPT, suffix="/")],
+    "double-slash": [prog(SCRIPT, suffix="//")],
+    # An empty entry is the working directory (here the cwd given).
+    "empty-entry-is-cwd": [EMPTY_ENTRY, EMPTY_DIR],
+}
+
+
+def make_path(root, entries):
+    parts = []
+    for i, (kind, *rest) in enumerate(entries):
+        name = f"d{i}"
+        if kind == "prog":
+            content, mode, suffix = rest
+            parts.append(str(path_dir(root, name, content, mode)) + suffix)
+        elif kind == "dir-prog":
+            (path_dir(root, name) / "prog").mkdir()
+            parts.append(str(root / name))
+        elif kind == "file":
+            (root / name).write_bytes(b"")
+            parts.append(str(root / name))
+        elif kind == "empty":
+            parts.append(str(path_dir(root, name)))
+        else:
+            parts.append("")
+    return ":".join(parts)
+
+
+@pytest.mark.parametrize("where", ["env", "own-environ"])
+@pytest.mark.parametrize("scenario", list(PATH_SCENARIOS))
+def test_path_search_as_popen(loop, tmp_path, monkeypatch, scenario, where):
+    path = make_path(tmp_path, PATH_SCENARIOS[scenario])
+    cwd = tmp_path / "cwd"
+    path_dir(tmp_path, "cwd", SCRIPT)
+    kwargs = {"cwd": cwd}
+    if where == "env":
+        kwargs["env"] = {"PATH": path}
+    else:
+        # The search then uses this process's PATH (the case glibc's posix_spawnp covers).
+        monkeypatch.setenv("PATH", path)
+    expected = popen_outcome(["prog"], **kwargs)
+    result = run(loop, loop_outcome(["prog"], **kwargs))
+    monkeypatch.undo()
+    assert result == expected
+
+
+# -- bad arguments: the errors subprocess.Popen raises ---------------------------------------
+
+
+class FilenoOnly:
+    """A stdio argument with only a fileno() method."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def fileno(self):
+        return self.fd
+
+
+class Fspath:
+    def __init__(self, path):
+        self.path = path
+
+    def __fspath__(self):
+        return self.path
+
+
+# (id, a function of (closed fd, tmp_path) -> (args, kwargs))
+BAD_SPAWN_ARGUMENTS = [
+    # stdin/stdout/stderr: a negative fd other than the constants, a closed fd, not a C int
+    ("stdin=-4", lambda fd, tmp: (["true"], {"stdin": -4})),
+    ("stdout=-4", lambda fd, tmp: (["true"], {"stdout": -4})),
+    ("stderr=-4", lambda fd, tmp: (["true"], {"stderr": -4})),
+    ("stdin=STDOUT", lambda fd, tmp: (["true"], {"stdin": STDOUT})),
+    ("stdout=STDOUT", lambda fd, tmp: (["true"], {"stdout": STDOUT})),
+    ("stdin-fileno=-4", lambda fd, tmp: (["true"], {"stdin": FilenoOnly(-4)})),
+    ("stdin-fileno=-1", lambda fd, tmp: (["true"], {"stdin": FilenoOnly(-1)})),
+    ("stdin=-4-with-cwd", lambda fd, tmp: (["true"], {"stdin": -4, "cwd": tmp})),
+    ("stdin-closed", lambda fd, tmp: (["true"], {"stdin": fd})),
+    ("stderr-closed", lambda fd, tmp: (["true"], {"stderr": fd})),
+    ("stdin-closed-with-cwd", lambda fd, tmp: (["true"], {"stdin": fd, "cwd": tmp})),
+    ("stdin=INT_MAX", lambda fd, tmp: (["true"], {"stdin": 2**31 - 1})),
+    # Popen starts these with os.posix_spawn (on 3.11 with close_fds=False only), which
+    # names the program in the error of a failed dup2.
+    ("stdin-closed-program-path", lambda fd, tmp: (["/bin/true"], {"stdin": fd})),
+    (
+        "stdin-closed-program-path-no-close_fds",
+        lambda fd, tmp: (["/bin/true"], {"stdin": fd, "close_fds": False}),
+    ),
+    (
+        "stdout=INT_MAX-program-path-no-close_fds",
+        lambda fd, tmp: (["/bin/true"], {"stdout": 2**31 - 1, "close_fds": False}),
+    ),
+    ("stdin=INT_MAX+1", lambda fd, tmp: (["true"], {"stdin": 2**31})),
+    ("stdin=INT_MIN-1", lambda fd, tmp: (["true"], {"stdin": -(2**31) - 1})),
+    ("stdin=2**70", lambda fd, tmp: (["true"], {"stdin": 2**70})),
+    ("stdout=-2**70", lambda fd, tmp: (["true"], {"stdout": -(2**70)})),
+    ("stdin-fileno=str", lambda fd, tmp: (["true"], {"stdin": FilenoOnly("0")})),
+    ("stdin=1.5", lambda fd, tmp: (["true"], {"stdin": 1.5})),
+    ("stdin=True", lambda fd, tmp: (["true"], {"stdin": True})),
+    # pass_fds
+    ("pass_fds=-1", lambda fd, tmp: (["true"], {"pass_fds": (-1,)})),
+    ("pass_fds=INT_MAX+1", lambda fd, tmp: (["true"], {"pass_fds": (2**31,)})),
+    ("pass_fds=2**70", lambda fd, tmp: (["true"], {"pass_fds": (2**70,)})),
+    ("pass_fds-closed", lambda fd, tmp: (["true"], {"pass_fds": (fd,)})),
+    ("pass_fds-closed-with-cwd", lambda fd, tmp: (["true"], {"pass_fds": (fd,), "cwd": tmp})),
+    ("pass_fds=str", lambda fd, tmp: (["true"], {"pass_fds": ("x",)})),
+    ("pass_fds=1.5", lambda fd, tmp: (["true"], {"pass_fds": (1.5,)})),
+    ("pass_fds-not-iterable", lambda fd, tmp: (["true"], {"pass_fds": 3})),
+    # cwd
+    ("cwd=''", lambda fd, tmp: (["true"], {"cwd": ""})),
+    ("cwd=b''", lambda fd, tmp: (["true"], {"cwd": b""})),
+    ("cwd-missing-bytes", lambda fd, tmp: (["true"], {"cwd": os.fsencode(tmp / "missing")})),
+    ("cwd-missing-fspath", lambda fd, tmp: (["true"], {"cwd": Fspath(str(tmp / "missing"))})),
+    ("cwd-a-file", lambda fd, tmp: (["true"], {"cwd": tmp / "file"})),
+    ("cwd-too-long", lambda fd, tmp: (["true"], {"cwd": "/" + "x" * 5000})),
+    ("cwd=1", lambda fd, tmp: (["true"], {"cwd": 1})),
+    ("cwd-nul", lambda fd, tmp: (["true"], {"cwd": "a\0b"})),
+    # env
+    ("env-int-key", lambda fd, tmp: (["true"], {"env": {1: "x"}})),
+    ("env-int-value", lambda fd, tmp: (["true"], {"env": {"A": 1}})),
+    ("env-key-with-=", lambda fd, tmp: (["true"], {"env": {"A=B": "x"}})),
+    ("env-key-=", lambda fd, tmp: (["true"], {"env": {"=": "x"}})),
+    ("env-empty-key", lambda fd, tmp: (["true"], {"env": {"": "x"}})),
+    ("env-nul-in-key", lambda fd, tmp: (["true"], {"env": {"A\0": "x"}})),
+    ("env-nul-in-value", lambda fd, tmp: (["true"], {"env": {"A": "x\0"}})),
+    ("env-a-list", lambda fd, tmp: (["true"], {"env": [("A", "x")]})),
+    ("env-PATH-twice", lambda fd, tmp: (["true"], {"env": {"PATH": "/bin", b"PATH": b"/bin"}})),
+    # args and executable
+    ("program-nul", lambda fd, tmp: (["true\0"], {})),
+    ("arg-nul", lambda fd, tmp: (["true", "a\0"], {})),
+    ("arg-int", lambda fd, tmp: (["true", 1], {})),
+    ("program-int", lambda fd, tmp: ([1], {})),
+    ("program-empty", lambda fd, tmp: ([""], {})),
+    ("program-empty-bytes", lambda fd, tmp: ([b""], {})),
+    ("program-fspath", lambda fd, tmp: ([Fspath("fastloop-no-such-program")], {})),
+    ("program-under-a-file", lambda fd, tmp: ([str(tmp / "file" / "x")], {})),
+    ("program-too-long", lambda fd, tmp: (["x" * 300], {})),
+    ("program-a-directory", lambda fd, tmp: ([str(tmp)], {})),
+    ("executable-nul", lambda fd, tmp: (["true"], {"executable": "a\0"})),
+    ("executable-int", lambda fd, tmp: (["true"], {"executable": 1})),
+    ("executable-empty", lambda fd, tmp: (["true"], {"executable": ""})),
+    # process_group
+    ("process_group=2**40", lambda fd, tmp: (["true"], {"process_group": 2**40})),
+    ("process_group=str", lambda fd, tmp: (["true"], {"process_group": "0"})),
+    ("process_group-not-a-group", lambda fd, tmp: (["true"], {"process_group": 2**31 - 1})),
+]
+
+
+def closed_fd():
+    """An fd number below the fd limit that is not open (nor soon to be)."""
+    limit = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 4096)
+    for fd in range(limit - 1, 2, -1):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return fd
+    raise AssertionError("no closed fd")
+
+
+@pytest.mark.parametrize("name, make", BAD_SPAWN_ARGUMENTS, ids=[i for i, _ in BAD_SPAWN_ARGUMENTS])
+def test_bad_spawn_arguments_raise_as_popen(loop, loop_name, tmp_path, name, make):
+    (tmp_path / "file").write_bytes(b"")
+    args, kwargs = make(closed_fd(), tmp_path)
+    expected = popen_outcome(args, **kwargs)
+    if name == "process_group=2**40" and expected[0] == "exit" and loop_name == "fastloop":
+        # Popen on 3.12 truncates the process group to 32 bits (2**40 becomes 0);
+        # fastloop refuses it as Popen on 3.11 and 3.13 do (README, known differences).
+        expected = (OverflowError, "Python int too large to convert to C int")
+
+    async def main():
+        before = open_fds()
+        result = await loop_outcome(args, **kwargs)
+        # A refused spawn leaves no fd behind (a child that ran may still have its
+        # transport's pipes open for an iteration).
+        return result, open_fds() - before if result[0] != "exit" else set()
+
+    assert run(loop, main()) == (expected, set())
+
+
+def test_no_program_raises_type_error(loop):
+    async def main():
+        errors = []
+        for call in (lambda: loop.subprocess_exec(SubRecorder), asyncio.create_subprocess_exec):
+            with pytest.raises(TypeError) as info:
+                await call()
+            errors.append(info.type)
+        return errors
+
+    assert run(loop, main()) == [TypeError, TypeError]
 
 
 # -- the low-level SubprocessTransport / SubprocessProtocol --------------------------------

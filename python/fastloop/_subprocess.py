@@ -9,7 +9,10 @@ own:
   express (``preexec_fn``, ``user``, ``group``, ``extra_groups``, ``umask``,
   ``pipesize``, or any keyword we do not know) go through ``subprocess.Popen``
   as on asyncio's loop, so they behave, and fail, exactly as there. So does a
-  spawn while ``subprocess.Popen`` has been replaced (a mock, say);
+  spawn while ``subprocess.Popen`` has been replaced (a mock, say). As with
+  Popen, the program is looked for in PATH by children (the one posix_spawnp
+  makes, or one per path tried), never by a look-up on the loop thread, and a
+  bad argument or a failed exec raises what Popen raises;
 - the exit is watched through a pidfd on the loop (no thread per child and no
   SIGCHLD handler, so other code's children are left alone), then reaped with
   waitpid. Without pidfds (Linux < 5.3), a thread waits, as asyncio's
@@ -23,10 +26,8 @@ later spawn or loop close, as subprocess.Popen does with its own.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -144,28 +145,70 @@ class Child:
         self.send_signal(signal.SIGKILL)
 
 
-def _exec_candidates(executable, env):
-    """Where Popen would look for the executable, in order."""
+def _exec_list(executable, env):
+    """The paths Popen's child execs in turn: the name itself when it holds a '/', else
+    the name joined to each entry of the PATH the child searches (its env's when given).
+    Only strings are made here: the search itself happens in children."""
     executable = os.fsencode(executable)
     if os.path.dirname(executable):
-        return (executable,)
-    return tuple(os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env))
+        return [executable]
+    return [os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env)]
 
 
-def _find_executable(executable, env):
-    """The first candidate exec can run; else one that exists (exec then says
-    why), else None."""
-    existing = None
-    for path in _exec_candidates(executable, env):
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            continue
-        if stat.S_ISREG(mode) and os.access(path, os.X_OK):
-            return path
-        if existing is None:
-            existing = path
-    return existing
+# How this Python's Popen names things in its errors, read from its own code:
+# cwd only for a failed chdir(cwd) since gh-104522 (3.11.8, 3.12.2, 3.13), for
+# any failure before exec until then; stdout=STDOUT refused since 3.13.
+_POPEN_NAMES_CWD_FOR_CHDIR_ONLY = "noexec:chdir" in _POPEN._execute_child.__code__.co_consts
+_POPEN_REFUSES_STDOUT_STDOUT = (
+    "STDOUT can only be used for stderr" in _POPEN.__init__.__code__.co_consts
+)
+
+
+def _popen_posix_spawns(executable, close_fds, pass_fds, cwd, fds, new_session, process_group):
+    """Whether subprocess.Popen would start this child with os.posix_spawn (its own
+    condition, on this Python), which names the program in more of its errors."""
+    return bool(
+        getattr(subprocess, "_USE_POSIX_SPAWN", False)
+        and os.path.dirname(os.fsencode(executable))
+        and (not close_fds or getattr(subprocess, "_HAVE_POSIX_SPAWN_CLOSEFROM", False))
+        and not pass_fds
+        and cwd is None
+        and all(isinstance(fd, int) and (fd == -1 or fd > 2) for fd in fds)
+        and not new_session
+        and process_group is None
+    )
+
+
+def _error_names(executable, cwd, posix_spawns):
+    """What Popen's OSError names when the spawn fails at each stage (cpp/spawn.hpp,
+    SpawnStage): the exec, chdir(cwd), another set-up step in the child, a set-up
+    refused before the child. None: nothing."""
+    if posix_spawns:  # os.posix_spawn (cwd is None): errors from the child name the path
+        return (executable, None, executable, None)
+    setup = None if _POPEN_NAMES_CWD_FOR_CHDIR_ONLY else cwd
+    return (executable, cwd, setup, setup)
+
+
+def _searches_another_path(args, shell, options):
+    """A bare program name looked for in an ``env`` PATH other than the process's own.
+
+    posix_spawnp can only search the process's own PATH; trying each entry with
+    a posix_spawn of its own costs a child per miss (5x slower than Popen for a
+    program in the ninth entry). Popen's child tries them all in one fork, as
+    on asyncio's loop, so such a spawn goes through it.
+    """
+    env = options["env"]
+    if env is None or shell:
+        return False
+    try:
+        executable = options["executable"]
+        if executable is None:
+            executable = args if isinstance(args, (str, bytes, os.PathLike)) else list(args)[0]
+        if os.path.dirname(os.fsencode(executable)):
+            return False
+        return os.get_exec_path(env) != os.get_exec_path()
+    except Exception:  # a bad argument: the native spawn raises what Popen would
+        return False
 
 
 def _env_list(env):
@@ -202,6 +245,8 @@ def spawn(
     process_group,
 ):
     """Start the child as subprocess.Popen would (POSIX); a Child."""
+    if stdout is _STDOUT and _POPEN_REFUSES_STDOUT_STDOUT:
+        raise ValueError("STDOUT can only be used for stderr")
     if isinstance(args, (str, bytes)):
         args = [args]
     elif isinstance(args, os.PathLike):
@@ -219,12 +264,6 @@ def spawn(
     if pass_fds and not close_fds:
         warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=4)
         close_fds = True
-    argv = [os.fsencode(a) for a in args]
-    env_list = _env_list(env)
-    cwd_bytes = os.fsencode(cwd) if cwd is not None else b""
-    path = _find_executable(executable, env)
-    if path is None:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
 
     child_fds = []  # the child's ends, closed here once it has them
     ours = [None, None, None]  # the parent's pipe ends
@@ -248,23 +287,31 @@ def spawn(
                 fds[2] = fds[1] if fds[1] != -1 else sys.__stdout__.fileno()
             else:
                 fds[i] = _stdio_fd(spec)
-        try:
-            pid = _core._spawn(
-                path,
-                argv,
-                env_list,
-                cwd_bytes,
-                fds,
-                sorted({int(fd) for fd in pass_fds if int(fd) > 2}),
-                bool(close_fds),
-                bool(start_new_session),
-                -1 if process_group is None else int(process_group),
-                bool(restore_signals),
-            )
-        except OSError as exc:
-            if cwd is not None and exc.errno == errno.ENOENT and not os.path.isdir(cwd):
-                raise FileNotFoundError(exc.errno, os.strerror(exc.errno), cwd) from None
-            raise OSError(exc.errno, os.strerror(exc.errno), executable) from None
+        # In the order Popen makes and checks them, after the stdio.
+        env_list = _env_list(env)
+        exec_list = _exec_list(executable, env)
+        fds_to_keep = sorted(map(int, set(pass_fds)))
+        # Raises the OSError Popen raises, naming cwd or the executable as it does.
+        pid = _core._spawn(
+            executable,
+            exec_list,
+            args,
+            env_list,
+            cwd,
+            fds,
+            fds_to_keep,
+            bool(close_fds),
+            bool(start_new_session),
+            -1 if process_group is None else process_group,
+            bool(restore_signals),
+            _error_names(
+                executable,
+                cwd,
+                _popen_posix_spawns(
+                    executable, close_fds, pass_fds, cwd, fds, start_new_session, process_group
+                ),
+            ),
+        )
     except BaseException:
         for fd in ours:
             if fd is not None:
@@ -343,7 +390,11 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
     def _start(self, args, shell, stdin, stdout, stderr, bufsize, _child_watcher=None, **kwargs):
         _reap_orphans()
         options = _native_options(kwargs)
-        if options is None or subprocess.Popen is not _POPEN:
+        if (
+            options is None
+            or subprocess.Popen is not _POPEN
+            or _searches_another_path(args, shell, options)
+        ):
             # Popen also when it has been replaced: asyncio's loop would call
             # the replacement.
             self._proc = subprocess.Popen(
