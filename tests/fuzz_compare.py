@@ -56,7 +56,7 @@ def _interesting(lines):
     for marker in ("ERROR: AddressSanitizer", "runtime error:", "Fatal Python error", "Timeout ("):
         for n, line in enumerate(lines):
             if marker in line:
-                return lines[max(0, n - 3) : n + 8]
+                return lines[max(0, n - 3) : n + 12]
     return lines[-10:]
 
 
@@ -218,6 +218,17 @@ def compare(results, allowances):
     return diffs, allowed, compared
 
 
+def exit_failures(results):
+    """Children that died outside any operation: at start-up, or at exit after
+    the last one (a crash in a finalizer, a sanitizer's leak report)."""
+    return [
+        f"{name} child: {kind}"
+        for name, (_, deaths) in results.items()
+        for index, kind, _ in deaths
+        if index is None
+    ]
+
+
 def _fields(rec):
     return {k: rec[k] for k in COMPARED if rec.get(k) not in (None, [], "")}
 
@@ -267,7 +278,7 @@ def main(argv=None) -> int:
         results = run_both(ns.seed, ns.count, workdir, ns.budget)
     diffs, allowed, compared = compare(results, ALLOWED)
     print(format_report(ns.seed, ns.count, results, diffs, allowed, compared, limit=200))
-    return 1 if diffs else 0
+    return 1 if diffs or exit_failures(results) else 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import tempfile
 
 import pytest
 
-from .fuzz_compare import Allowed, compare, format_report, run_both
+from .fuzz_compare import Allowed, compare, exit_failures, format_report, run_both
 from .fuzz_ops import generate
 
 SEED = int(os.environ.get("FASTLOOP_FUZZ_SEED", "20251"))
@@ -172,6 +172,7 @@ def test_api_fuzz():
     report = format_report(SEED, COUNT, results, diffs, allowed, compared)
     print(report)
     assert not diffs, report
+    assert not exit_failures(results), report
     # Both children got through (nearly) all operations: a driver that
     # compares little proves little.
     assert compared >= COUNT * 0.9, report
