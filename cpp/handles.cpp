@@ -3,6 +3,7 @@
 #include <structmember.h>
 
 #include <cmath>
+#include <vector>
 
 #include "debug.hpp"
 #include "hooks.hpp"
@@ -413,11 +414,31 @@ bool deadline_of(PyObject* when, double* out) noexcept {
     *out = PyFloat_AS_DOUBLE(when);
     return true;
   }
+  if (!PyLong_CheckExact(when)) {
+    // asyncio keeps the object and compares it with the other deadlines in
+    // its heap: one that cannot be compared with a float fails there (an
+    // object with only __index__: TypeError; Decimal('NaN'): InvalidOperation).
+    // The same comparison here raises the same error, whatever the heap holds.
+    Ref zero(PyFloat_FromDouble(0.0));
+    if (!zero || PyObject_RichCompareBool(when, zero.get(), Py_LT) < 0) return false;
+  }
   const double d = PyFloat_AsDouble(when);
   if (d == -1.0 && PyErr_Occurred()) {
     // An int no float can hold: asyncio keeps it as it is; here it is a
     // deadline at infinity (never due) or minus infinity (due at once).
-    if (!PyLong_Check(when) || !PyErr_ExceptionMatches(PyExc_OverflowError)) return false;
+    if (!PyLong_Check(when) || !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+      // Not a real number (asyncio stores it and fails on it later): refused
+      // now, always as the TypeError the deadline's type deserves.
+      Ref cause(take_exception());
+      PyErr_Format(PyExc_TypeError, "the deadline must be a real number, not '%.100s'",
+                   Py_TYPE(when)->tp_name);
+      if (cause) {
+        Ref exc(take_exception());
+        PyException_SetCause(exc.get(), cause.release());
+        restore_exception(exc.release());
+      }
+      return false;
+    }
     PyErr_Clear();
     Ref zero(PyLong_FromLong(0));
     const int negative = zero ? PyObject_RichCompareBool(when, zero.get(), Py_LT) : -1;
@@ -463,15 +484,34 @@ void cancel_handle(HandleObject* h) noexcept {
   if (!h->running) release_callback(h);
 }
 
+namespace {
+
+// asyncio runs a handle as context.run(callback, *args), whatever `context`
+// is: an object that is not a contextvars.Context fails (AttributeError) or
+// runs it its own way, as there.
+PyObject* run_in_foreign_context(HandleObject* h, PyObject* const* argv, Py_ssize_t nargs) {
+  std::vector<PyObject*> stack(static_cast<size_t>(nargs) + 2);
+  stack[0] = h->context;
+  stack[1] = h->callback;
+  for (Py_ssize_t i = 0; i < nargs; ++i) stack[static_cast<size_t>(i) + 2] = argv[i];
+  return PyObject_VectorcallMethod(g_str.run, stack.data(), stack.size(), nullptr);
+}
+
+}  // namespace
+
 bool run_handle(HandleObject* h) noexcept {
   if (h->callback == nullptr || h->context == nullptr) return true;  // an empty handle
   size_t nargsf = 0;
   PyObject* const* argv = handle_argv(h, &nargsf);
   PyObject* result = nullptr;
   h->running = true;
-  if (PyContext_Enter(h->context) == 0) {
-    result = PyObject_Vectorcall(h->callback, argv, nargsf, nullptr);
-    if (PyContext_Exit(h->context) < 0) Py_CLEAR(result);
+  if (PyContext_CheckExact(h->context)) {
+    if (PyContext_Enter(h->context) == 0) {
+      result = PyObject_Vectorcall(h->callback, argv, nargsf, nullptr);
+      if (PyContext_Exit(h->context) < 0) Py_CLEAR(result);
+    }
+  } else {
+    result = run_in_foreign_context(h, argv, PyVectorcall_NARGS(nargsf));
   }
   h->running = false;
   bool ok = true;

@@ -31,6 +31,7 @@ bool init_strings() noexcept {
   g_str.detach = PyUnicode_InternFromString("detach");
   g_str.on_connection = PyUnicode_InternFromString("_on_connection");
   g_str.on_accept_error = PyUnicode_InternFromString("_on_accept_error");
+  g_str.run = PyUnicode_InternFromString("run");
   // Every field is a PyObject*: all must have been made.
   static_assert(sizeof(Strings) % sizeof(PyObject*) == 0);
   const auto* fields = reinterpret_cast<PyObject* const*>(&g_str);

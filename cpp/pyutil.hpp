@@ -102,6 +102,7 @@ struct Strings {
   PyObject* detach;
   PyObject* on_connection;    // "_on_connection" (the Python listener)
   PyObject* on_accept_error;  // "_on_accept_error"
+  PyObject* run;              // Context.run
 };
 extern Strings g_str;
 bool init_strings() noexcept;

@@ -105,9 +105,12 @@ class StreamTransport final : public HandleOwner {
   // drains (no half-close on a pipe), an exception from data_received is
   // reported and reading goes on, and errors name a pipe transport. A
   // write-only pipe's protocol need not have the read callbacks.
-  void set_pipe_mode(bool write_only) noexcept {
+  // `pipe_fd` is the pipe object's own fd (libuv works on a duplicate): after
+  // loop.close() a write goes straight to it, as asyncio's would.
+  void set_pipe_mode(bool write_only, int pipe_fd) noexcept {
     pipe_mode_ = true;
     write_only_ = write_only;
+    pipe_fd_ = pipe_fd;
   }
   PyObject* server() const noexcept { return server_; }
   PyObject* py_loop() const noexcept { return py_loop_; }
@@ -137,6 +140,7 @@ class StreamTransport final : public HandleOwner {
   void stop_reading() noexcept;
   // Sends what it can of `bufs` now, queues the rest (owned by `owners`).
   bool send_or_queue(const uv_buf_t* bufs, size_t nbufs, PyObject* const* owners);
+  bool write_after_loop_close(const uv_buf_t* bufs, size_t nbufs);
   void flush_queue();
   void after_write();
   bool shutdown_now();
@@ -193,6 +197,7 @@ class StreamTransport final : public HandleOwner {
   size_t low_water_ = 16 * 1024;
   int conn_lost_ = 0;
   int unpollable_errno_ = 0;  // the fd cannot be watched (see check_pollable)
+  int pipe_fd_ = -1;          // see set_pipe_mode
   bool buffered_ = false;     // the protocol is a BufferedProtocol
   bool was_open_ = false;
   bool lost_called_ = false;

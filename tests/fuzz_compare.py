@@ -159,11 +159,17 @@ class Allowed:
     ``method``: the method (``"*"``: any); ``arg`` and ``kinds``: the argument
     and the kinds of it covered (None: any); ``asyncio`` and ``fastloop``: the
     outcomes on each loop (prefixes of ``out``, one or a tuple); ``state``,
-    ``target``: the target's state(s) and kind (a prefix), None: any.
+    ``target``: the target's state(s) and kind (a prefix), None: any;
+    ``effects``: record fields the allowed outcome also changes, besides what
+    always follows from it (e.g. ``peer_got`` when fastloop raises instead of
+    sending).
     """
 
-    def __init__(self, method, arg, kinds, asyncio, fastloop, why, state=None, target=None):
+    def __init__(
+        self, method, arg, kinds, asyncio, fastloop, why, state=None, target=None, effects=()
+    ):
         self.method, self.arg, self.kinds = method, arg, kinds
+        self.effects = tuple(effects)
         self.asyncio = (asyncio,) if isinstance(asyncio, str) else tuple(asyncio)
         self.fastloop = (fastloop,) if isinstance(fastloop, str) else tuple(fastloop)
         self.why, self.target = why, target
@@ -208,14 +214,20 @@ def compare(results, allowances):
         if "desc" not in a:  # asyncio's child died in it: a bug of the driver
             diffs.append((i, {**a, "desc": f.get("desc", "?")}, f))
             continue
-        excused = ("out", "value", "fx", "handler")
-        same_rest = all(a.get(k) == f.get(k) for k in COMPARED if k not in excused)
-        rule = next((r for r in allowances if r.matches(a, f)), None) if same_rest else None
+        rule = next(
+            (r for r in allowances if r.matches(a, f) and _same_rest(a, f, r.effects)), None
+        )
         if rule is not None:
             allowed.append((i, rule))
         else:
             diffs.append((i, a, f))
     return diffs, allowed, compared
+
+
+def _same_rest(a, f, effects):
+    """Equal records but for the outcome, what follows from it, and `effects`."""
+    skip = ("out", "value", "fx", "handler", *effects)
+    return all(a.get(k) == f.get(k) for k in COMPARED if k not in skip)
 
 
 def exit_failures(results):

@@ -516,6 +516,10 @@ def _call_op(env, op, spec, target, rec, trace):
             received = _settle_transport(env, target.obj, target.peer, target.protocol)
             if target.protocol is not None:
                 rec["received"] = target.protocol.received
+        # What the operation dropped is collected now: when garbage is found
+        # (at once by reference counting, or by a later collection of a cycle
+        # through a traceback) differs between the loops, its reports do not.
+        gc.collect()
         rec["fx"] = list(env.fx)
         rec["handler"] = sorted(set(env.handler_calls))
         if received:

@@ -138,7 +138,8 @@ PyObject* loop_call_later(PyObject* self, PyObject* const* args, Py_ssize_t narg
   } else {
     Ref now_obj(PyFloat_FromDouble(now));
     Ref sum(now_obj ? PyNumber_Add(now_obj.get(), delay) : nullptr);
-    if (!sum || !deadline_of(sum.get(), &when)) return nullptr;
+    // The sum first, then call_at's order: the loop, then the deadline.
+    if (!sum || !loop->check_open() || !deadline_of(sum.get(), &when)) return nullptr;
   }
   return schedule_timer(self, loop, when, args + 1, nargs - 1, context, "call_at");
 }
@@ -155,6 +156,8 @@ PyObject* loop_call_at(PyObject* self, PyObject* const* args, Py_ssize_t nargsf,
     PyErr_SetString(PyExc_TypeError, "when cannot be None");
     return nullptr;
   }
+  // asyncio checks the loop before it looks at the deadline.
+  if (!loop->check_open()) return nullptr;
   double when = 0.0;
   if (!deadline_of(args[0], &when)) return nullptr;
   return schedule_timer(self, loop, when, args + 1, nargs - 1, context, "call_at");

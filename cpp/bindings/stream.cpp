@@ -175,7 +175,9 @@ void register_stream(py::module_& m) {
       .def("_start_reading", [](py::handle self) { check(transport(self).start_reading()); })
       .def("_deliver_eof", [](py::handle self) { transport(self).deliver_eof(); })
       .def("_set_pipe_mode",
-           [](py::handle self, bool write_only) { transport(self).set_pipe_mode(write_only); })
+           [](py::handle self, bool write_only, int pipe_fd) {
+             transport(self).set_pipe_mode(write_only, pipe_fd);
+           })
       .def("_call_connection_lost",
            [](py::handle self, py::handle exc) {
              check(transport(self).call_connection_lost(exc.is_none() ? nullptr : exc.ptr()));

@@ -35,9 +35,10 @@ _ENTRIES_FOR = {
 # Flags that change nothing in the answer for a numeric host and port. The
 # others (AI_CANONNAME, AI_V4MAPPED, AI_ADDRCONFIG, ...) do, so they take
 # the real getaddrinfo.
-_NUMERIC_SAFE_FLAGS = socket.AI_PASSIVE | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+# A plain int: ~ of an IntFlag keeps only the bits the enum knows.
+_NUMERIC_SAFE_FLAGS = int(socket.AI_PASSIVE | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
 
-_NUMERIC_NAMEINFO = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+_NUMERIC_NAMEINFO = int(socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
 
 _FAMILIES = (socket.AF_INET, socket.AF_INET6) if _HAS_IPv6 else (socket.AF_INET,)
 

@@ -106,6 +106,17 @@ _core._install_hooks(
 )
 
 
+_C_INT_MAX = 2**31 - 1
+
+
+def _c_int(fd: int) -> int:
+    """An fd as the kernel takes it: what does not fit a C int is refused as
+    asyncio's selector refuses it."""
+    if fd > _C_INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return fd
+
+
 def _fileobj_to_fd(fileobj) -> int:
     if isinstance(fileobj, int):
         fd = fileobj
@@ -510,40 +521,50 @@ class Loop(
     # remove_reader(sock) still works after sock.close() made fileno() -1.
 
     def _ensure_fd_no_transport(self, fd):
-        """An fd that an open transport owns cannot be watched (asyncio's check)."""
-        transport = self._transports.get(_fileobj_to_fd(fd))
+        """An fd that an open transport owns cannot be watched (asyncio's check).
+
+        Like asyncio's, it only reads the number (a negative one is looked up, not
+        refused): the checks of the fd itself come after the loop's.
+        """
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        transport = self._transports.get(fileno)
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def add_reader(self, fd, callback, *args):
-        fileno = _fileobj_to_fd(fd)
-        self._ensure_fd_no_transport(fileno)
+        self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_reader_with(fileno, callback, args, None)
+        fileno = _fileobj_to_fd(fd)
+        self._add_reader_with(_c_int(fileno), callback, args, None)
         self._watched_readers[fileno] = fd
 
     def remove_reader(self, fd):
-        fileno = self._watched_fd(fd, self._watched_readers)
-        self._ensure_fd_no_transport(fileno)
+        self._ensure_fd_no_transport(fd)
         if self.is_closed():
             return False
+        fileno = self._watched_fd(fd, self._watched_readers)
         self._watched_readers.pop(fileno, None)
-        return self._remove_reader(fileno)
+        return fileno <= _C_INT_MAX and self._remove_reader(fileno)
 
     def add_writer(self, fd, callback, *args):
-        fileno = _fileobj_to_fd(fd)
-        self._ensure_fd_no_transport(fileno)
+        self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_writer_with(fileno, callback, args, None)
+        fileno = _fileobj_to_fd(fd)
+        self._add_writer_with(_c_int(fileno), callback, args, None)
         self._watched_writers[fileno] = fd
 
     def remove_writer(self, fd):
-        fileno = self._watched_fd(fd, self._watched_writers)
-        self._ensure_fd_no_transport(fileno)
+        self._ensure_fd_no_transport(fd)
         if self.is_closed():
             return False
+        fileno = self._watched_fd(fd, self._watched_writers)
         self._watched_writers.pop(fileno, None)
-        return self._remove_writer(fileno)
+        return fileno <= _C_INT_MAX and self._remove_writer(fileno)
 
     # asyncio's private fd-watching methods, which its pipe and subprocess
     # transports call on their loop (unix_events._UnixReadPipeTransport...).

@@ -50,9 +50,11 @@ class _PipeTransport(NativeStreamBacked):
 
     def _open_native(self, loop, pipe, fileno, protocol, waiter):
         native = self._bind_native(loop, "pipe")
-        native._set_pipe_mode(self._WRITE_ONLY)
+        native._set_pipe_mode(self._WRITE_ONLY, fileno)
         self._pipe = pipe
         self._fileno = fileno
+        # Looked up before the loop is asked for anything, as asyncio does.
+        connection_made = protocol.connection_made
         fd = os.dup(fileno)
         try:
             native._open(fd)
@@ -61,7 +63,7 @@ class _PipeTransport(NativeStreamBacked):
             self._pipe = None
             raise
         native.set_protocol(protocol)
-        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(connection_made, self)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
 

@@ -409,7 +409,26 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             )
         else:
             self._proc = spawn(args, shell, stdin, stdout, stderr, **options)
+        if self._loop.is_closed():
+            # asyncio's transport starts the child, then its closed loop
+            # refuses the task that would connect the pipes; the transport,
+            # collected, closes them and kills the child. So here, at once.
+            self._abandon_child()
+            raise RuntimeError("Event loop is closed")
         self._watch_exit(_child_watcher)
+
+    def _abandon_child(self):
+        proc = self._proc
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        if isinstance(proc, Child):
+            _orphans.append(proc.pid)  # reaped at the next spawn or loop close
+        self._proc = None
 
     def _watch_exit(self, watcher):
         loop = self._loop

@@ -164,8 +164,10 @@ class StreamTransport(NativeStreamBacked, NativeFlowControl, transports._FlowCon
         if native is not None and native._unclosed():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
 
-    def _start(self, sock, protocol, extra, server, waiter):
+    def _start(self, sock, protocol, extra, server, waiter, connection_made=None):
         """Begin as asyncio's transports do: connection_made, then reading."""
+        if connection_made is None:
+            connection_made = protocol.connection_made
         self._sock = sock
         self._set_socket(sock)
         self._extra = extra
@@ -175,7 +177,7 @@ class StreamTransport(NativeStreamBacked, NativeFlowControl, transports._FlowCon
             self._set_server(server)
         loop = self._loop
         loop._transports[sock.fileno()] = self
-        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
@@ -198,9 +200,11 @@ def _set_result_unless_cancelled(fut, result):
 def make_socket_transport(loop, sock, protocol, waiter=None, *, extra=None, server=None):
     """asyncio's _make_socket_transport: wrap a connected socket."""
     kind = "pipe" if sock.family == socket.AF_UNIX else "tcp"
+    # Looked up before the loop is asked for anything, as asyncio does.
+    connection_made = protocol.connection_made
     transport = StreamTransport(loop, kind)
     transport._open(sock.fileno())  # on failure the socket is still the caller's
-    transport._start(sock, protocol, _socket_extra(sock, extra), server, waiter)
+    transport._start(sock, protocol, _socket_extra(sock, extra), server, waiter, connection_made)
     return transport
 
 
