@@ -205,7 +205,10 @@ int handle_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   const bool timer = PyObject_TypeCheck(self, &TimerHandleType) != 0;
   static const char* kHandleKw[] = {"callback", "args", "loop", "context", nullptr};
   static const char* kTimerKw[] = {"when", "callback", "args", "loop", "context", nullptr};
-  PyObject *when = nullptr, *callback = nullptr, *cb_args = nullptr, *loop = nullptr;
+  PyObject* when = nullptr;
+  PyObject* callback = nullptr;
+  PyObject* cb_args = nullptr;
+  PyObject* loop = nullptr;
   PyObject* context = Py_None;
   const bool parsed = timer ? PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|O:TimerHandle",
                                                           const_cast<char**>(kTimerKw), &when,
@@ -543,7 +546,9 @@ bool run_handle(HandleObject* h) noexcept {
 
 bool init_handle_types(PyObject* module) noexcept {
   HandleType.tp_name = "fastloop._core.Handle";
-  HandleType.tp_doc = "A callback scheduled on a fastloop loop (asyncio.Handle's interface).";
+  HandleType.tp_doc =
+      "Handle(callback, args, loop, context=None)\n--\n\n"
+      "A callback scheduled on a fastloop loop (asyncio.Handle's interface).";
   HandleType.tp_basicsize = sizeof(HandleObject);
   HandleType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE;
   HandleType.tp_new = handle_new;
@@ -558,7 +563,9 @@ bool init_handle_types(PyObject* module) noexcept {
   if (PyType_Ready(&HandleType) < 0) return false;
 
   TimerHandleType.tp_name = "fastloop._core.TimerHandle";
-  TimerHandleType.tp_doc = "A callback scheduled for a time (asyncio.TimerHandle's interface).";
+  TimerHandleType.tp_doc =
+      "TimerHandle(when, callback, args, loop, context=None)\n--\n\n"
+      "A callback scheduled for a time (asyncio.TimerHandle's interface).";
   TimerHandleType.tp_basicsize = sizeof(TimerHandleObject);
   TimerHandleType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE;
   TimerHandleType.tp_base = &HandleType;

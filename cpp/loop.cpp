@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <new>
 #include <string_view>
 
 #include "debug.hpp"
@@ -17,7 +18,7 @@
 namespace fastloop {
 
 // asyncio's selector transports read at most this much per call (max_size).
-constexpr size_t kReadBufferSize = 256 * 1024;
+constexpr size_t kReadBufferSize = size_t{256} * 1024;
 
 // The loop's timer: armed at the earliest deadline before the loop blocks.
 class LoopTimer final : public HandleOwner {
@@ -113,14 +114,16 @@ bool Loop::open() {
   uv_open_ = true;
   FASTLOOP_COUNT(uv_loops, 1);
   // Each owner deletes itself once closed; until init succeeds it is ours.
-  auto* timer = new LoopTimer(this);
-  if (!timer->init()) {
+  auto* timer = new (std::nothrow) LoopTimer(this);
+  if (timer == nullptr) PyErr_NoMemory();
+  if (timer == nullptr || !timer->init()) {
     delete timer;
     return fail_open();
   }
   timer_ = timer;
-  auto* wakeup = new LoopWakeup(this);
-  if (!wakeup->init()) {
+  auto* wakeup = new (std::nothrow) LoopWakeup(this);
+  if (wakeup == nullptr) PyErr_NoMemory();
+  if (wakeup == nullptr || !wakeup->init()) {
     delete wakeup;
     return fail_open();
   }

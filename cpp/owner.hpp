@@ -63,6 +63,11 @@ class HandleOwner {
   virtual void close_with_loop() noexcept { close_handle(); }
   // Does libuv use the handle now (see above)? Closing always counts.
   virtual bool gc_active() const noexcept { return true; }
+  // The owner whose handle's `data` is `data` (what init_handle stored).
+  template <class T>
+  static T* owner_of(void* data) noexcept {
+    return static_cast<T*>(static_cast<HandleOwner*>(data));
+  }
 
  protected:
   HandleOwner(Loop* loop, Lifetime lifetime) noexcept : loop_(loop), lifetime_(lifetime) {}
@@ -88,11 +93,6 @@ class HandleOwner {
   uv_handle_t* uv_handle() const noexcept { return handle_; }
   // kPython: the owning Python object while the handle lives, else nullptr.
   PyObject* keep_alive() const noexcept { return keep_alive_; }
-  // The owner whose handle's `data` is `data` (what init_handle stored).
-  template <class T>
-  static T* owner_of(void* data) noexcept {
-    return static_cast<T*>(static_cast<HandleOwner*>(data));
-  }
 
   // ---- calling into Python from libuv callbacks ----
   // The contextvars.Context protocol callbacks run in: a copy of the context

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <cerrno>
+#include <new>
 #include <utility>
 
 #include "debug.hpp"
@@ -37,7 +38,11 @@ bool FdWatchers::add(int fd, Interest what, HandleObject* h) {
   if (it != by_fd_.end()) {
     w = it->second;
   } else {
-    w = new Watcher(loop_, fd);
+    w = new (std::nothrow) Watcher(loop_, fd);
+    if (w == nullptr) {
+      PyErr_NoMemory();
+      return false;
+    }
     if (!w->init()) {
       delete w;  // never registered: ours to free
       return false;

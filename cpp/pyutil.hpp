@@ -46,7 +46,9 @@ inline PyObject* take_exception() noexcept {
 #if PY_VERSION_HEX >= 0x030C0000
   return PyErr_GetRaisedException();
 #else
-  PyObject *type = nullptr, *value = nullptr, *tb = nullptr;
+  PyObject* type = nullptr;
+  PyObject* value = nullptr;
+  PyObject* tb = nullptr;
   PyErr_Fetch(&type, &value, &tb);
   if (type == nullptr) return nullptr;
   PyErr_NormalizeException(&type, &value, &tb);
@@ -62,7 +64,7 @@ inline void restore_exception(PyObject* exc) noexcept {
 #if PY_VERSION_HEX >= 0x030C0000
   PyErr_SetRaisedException(exc);
 #else
-  PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(exc));
+  auto* type = reinterpret_cast<PyObject*>(Py_TYPE(exc));
   Py_INCREF(type);
   PyErr_Restore(type, exc, PyException_GetTraceback(exc));
 #endif

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <new>
 
 #include "errors.hpp"
 #include "loop.hpp"
@@ -12,7 +13,11 @@
 namespace fastloop {
 
 SignalWakeup* SignalWakeup::create(Loop* loop) noexcept {
-  auto* self = new SignalWakeup(loop);
+  auto* self = new (std::nothrow) SignalWakeup(loop);
+  if (self == nullptr) {
+    PyErr_NoMemory();
+    return nullptr;
+  }
   int fds[2];
   // Both ends non-blocking: signal.set_wakeup_fd() requires it of the write
   // end, and the reader drains until EAGAIN.

@@ -589,7 +589,7 @@ void StreamTransport::on_write(uv_write_t* req, int status) noexcept {
   auto* self = static_cast<StreamTransport*>(req->data);
   GilFromLibuv gil(self->loop());
   self->writing_ = false;
-  self->release_chunks(self->in_flight_);
+  release_chunks(self->in_flight_);
   if (status == UV_ECANCELED) return;  // the handle is closing
   CallbackScope scope(*self);
   if (status < 0) {

@@ -56,7 +56,6 @@ class StreamTransport final : public HandleOwner {
   bool write(PyObject* data);
   bool writelines(PyObject* iterable);
   bool write_eof();
-  bool can_write_eof() const noexcept { return true; }
   bool close();
   bool abort() { return force_close(nullptr); }
   bool force_close(PyObject* exc);  // asyncio's _force_close(exc)
@@ -167,7 +166,7 @@ class StreamTransport final : public HandleOwner {
   // Detaches the Python socket object (libuv closes the fd), then uv_close.
   void close_stream() noexcept;
   void handle_closed() noexcept override;
-  void release_chunks(std::vector<Chunk>& chunks);
+  static void release_chunks(std::vector<Chunk>& chunks);
   // Resolves the empty waiter, if any: with None, or with `exc` set.
   void settle_empty_waiter(PyObject* exc);
   bool check_loop_open() const noexcept;
@@ -193,8 +192,8 @@ class StreamTransport final : public HandleOwner {
   size_t queued_bytes_ = 0;
   bool writing_ = false;
 
-  size_t high_water_ = 64 * 1024;
-  size_t low_water_ = 16 * 1024;
+  size_t high_water_ = size_t{64} * 1024;
+  size_t low_water_ = size_t{16} * 1024;
   int conn_lost_ = 0;
   int unpollable_errno_ = 0;  // the fd cannot be watched (see check_pollable)
   int pipe_fd_ = -1;          // see set_pipe_mode

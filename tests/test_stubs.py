@@ -28,6 +28,7 @@ import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastloop import _core
@@ -309,6 +310,11 @@ def test_constructors(cls_name):
         )
         return
     rt = runtime_params("__init__", own_init, is_method=True)
+    text_signature = getattr(cls, "__text_signature__", None)
+    if rt is None and text_signature:
+        # A C type's __init__ slot has no signature of its own: the type's
+        # docstring gives it ("Name(sig)\n--\n\n", read into __text_signature__).
+        rt = runtime_params("__init__", SimpleNamespace(__doc__=f"__init__{text_signature}"), False)
     assert rt is not None, f"_core.{cls_name}.__init__: no signature in its docstring"
     problems = compare_params(f"_core.{cls_name}.__init__", init.params, rt)
     report(problems)
@@ -324,4 +330,4 @@ def test_the_stub_parses_into_every_kind():
     rt = runtime_params("call_at", vars(_core.Loop)["call_at"], is_method=True)
     assert rt is not None and rt.describe() == "(when, callback, *args, context=...)"
     rt = runtime_params("_spawn", _core._spawn, is_method=False)
-    assert rt is not None and rt.positional[0] == ("path", False) and len(rt.positional) == 10
+    assert rt is not None and rt.positional[0] == ("executable", False) and len(rt.positional) == 12
