@@ -83,6 +83,26 @@ bool init_libuv_globals() noexcept {
   return true;
 }
 
+namespace {
+
+// One of the loop's own handles, initialised; nullptr with the exception set.
+// It deletes itself once closed; until its init succeeds it is ours to free.
+template <class Owner>
+Owner* make_owner(Loop* loop) noexcept {
+  auto* owner = new (std::nothrow) Owner(loop);
+  if (owner == nullptr) {
+    PyErr_NoMemory();
+    return nullptr;
+  }
+  if (!owner->init()) {
+    delete owner;
+    return nullptr;
+  }
+  return owner;
+}
+
+}  // namespace
+
 Loop::Loop() : watchers_(this), read_buffer_(kReadBufferSize) {}
 
 namespace {
@@ -113,21 +133,10 @@ bool Loop::open() {
   }
   uv_open_ = true;
   FASTLOOP_COUNT(uv_loops, 1);
-  // Each owner deletes itself once closed; until init succeeds it is ours.
-  auto* timer = new (std::nothrow) LoopTimer(this);
-  if (timer == nullptr) PyErr_NoMemory();
-  if (timer == nullptr || !timer->init()) {
-    delete timer;
-    return fail_open();
-  }
-  timer_ = timer;
-  auto* wakeup = new (std::nothrow) LoopWakeup(this);
-  if (wakeup == nullptr) PyErr_NoMemory();
-  if (wakeup == nullptr || !wakeup->init()) {
-    delete wakeup;
-    return fail_open();
-  }
-  wakeup_ = wakeup;
+  timer_ = make_owner<LoopTimer>(this);
+  if (timer_ == nullptr) return fail_open();
+  wakeup_ = make_owner<LoopWakeup>(this);
+  if (wakeup_ == nullptr) return fail_open();
   signals_ = SignalWakeup::create(this);
   if (signals_ == nullptr) return fail_open();
   return true;
