@@ -1,25 +1,34 @@
 """fastloop: a fast drop-in asyncio event loop (C++ core on libuv).
 
-Switch an asyncio program to it in one of three ways::
-
-    asyncio.set_event_loop_policy(fastloop.EventLoopPolicy())
-    asyncio.run(main())
+Run an asyncio program on it::
 
     fastloop.run(main())
 
     with asyncio.Runner(loop_factory=fastloop.new_event_loop) as runner:
         runner.run(main())
+
+    asyncio.run(main(), loop_factory=fastloop.new_event_loop)  # Python 3.12+
+
+The policy way, ``asyncio.set_event_loop_policy(fastloop.EventLoopPolicy())``
+or ``fastloop.install()``, works while asyncio has policies; like asyncio's
+own policy classes, it is deprecated from Python 3.14 (asyncio removes
+policies in 3.16).
 """
 
 from __future__ import annotations
 
 import asyncio
-from asyncio import events
+import sys
+import warnings
+from asyncio import events, unix_events
 
 from ._loop import Loop
 
 __all__ = ["Loop", "new_event_loop", "run", "EventLoopPolicy", "install"]
 __version__ = "0.1.0"
+
+# asyncio deprecates its policy system in 3.14 and removes it in 3.16.
+_POLICIES_DEPRECATED = sys.version_info >= (3, 14)
 
 
 def new_event_loop() -> Loop:
@@ -35,17 +44,45 @@ def run(main, *, debug=None):
         return runner.run(main)
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+# asyncio's default Unix policy under its module name: asyncio 3.14 warns when
+# asyncio.DefaultEventLoopPolicy is looked up, which importing fastloop must not do.
+class _EventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):
     """An asyncio event loop policy whose loops are fastloop loops.
 
     It derives from asyncio's own default policy, so what asyncio and its
-    test suite expect of a policy (get/set_child_watcher on Unix) is there.
+    test suite expect of a policy (get/set_child_watcher before 3.14) is there.
     """
 
     def _loop_factory(self) -> Loop:
         return Loop()
 
 
-def install() -> None:
+_EventLoopPolicy.__name__ = _EventLoopPolicy.__qualname__ = "EventLoopPolicy"
+
+
+def _install() -> None:
     """Make fastloop the loop of asyncio.run() and asyncio.new_event_loop()."""
-    asyncio.set_event_loop_policy(EventLoopPolicy())
+    # The private setter where asyncio has one (3.14): the deprecation was
+    # already said when fastloop.install was looked up.
+    set_policy = getattr(events, "_set_event_loop_policy", asyncio.set_event_loop_policy)
+    set_policy(_EventLoopPolicy())
+
+
+_install.__name__ = _install.__qualname__ = "install"
+_DEPRECATED = {"EventLoopPolicy": _EventLoopPolicy, "install": _install}
+
+
+def __getattr__(name):
+    try:
+        value = _DEPRECATED[name]
+    except KeyError:
+        raise AttributeError(f"module 'fastloop' has no attribute {name!r}") from None
+    if _POLICIES_DEPRECATED:
+        warnings.warn(
+            f"'fastloop.{name}' is deprecated and slated for removal in Python 3.16, as "
+            "asyncio's policies are; use fastloop.run() or "
+            "asyncio.Runner(loop_factory=fastloop.new_event_loop)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    return value

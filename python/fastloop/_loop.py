@@ -11,18 +11,17 @@ and task factories. Names and messages mirror ``asyncio.base_events`` and
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import functools
+import inspect
 import logging
 import os
 import signal
 import sys
 import threading
-import traceback
 import warnings
 import weakref
-from asyncio import constants, coroutines, events, format_helpers, futures, tasks
+from asyncio import base_events, coroutines, events, format_helpers, futures, tasks
 
 from . import _core
 from ._datagram import DatagramMethods
@@ -35,14 +34,27 @@ from ._subprocess import SubprocessMethods
 # asyncio's own logger: logging set up for asyncio sees fastloop's reports.
 logger = logging.getLogger("asyncio")
 
-_THREAD_JOIN_TIMEOUT = getattr(constants, "THREAD_JOIN_TIMEOUT", None)
+_Base = base_events.BaseEventLoop
 
 
 # ---- helpers the core calls (see cpp/hooks.hpp) ------------------------------
 
 
-def _format_callback(callback, args) -> str:
+# Since 3.13 a callback's arguments are shown only in debug mode (they may hold
+# secrets): asyncio passes its loop's debug flag; before, there was no such flag.
+_FORMAT_TAKES_DEBUG = (
+    "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+)
+
+# 3.14 deprecates asyncio.iscoroutinefunction; asyncio's own code uses the
+# private twin it keeps.
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.iscoroutinefunction)
+
+
+def _format_callback(callback, args, loop) -> str:
     try:
+        if _FORMAT_TAKES_DEBUG:
+            return format_helpers._format_callback_source(callback, args, debug=loop.get_debug())
         return format_helpers._format_callback_source(callback, args)
     except Exception:  # a private helper of asyncio: never let it break a report
         return repr(callback)
@@ -55,7 +67,7 @@ def _handle_repr(handle) -> str:
     if isinstance(handle, _core.TimerHandle):
         info.insert(2 if handle.cancelled() else 1, f"when={handle.when()}")
     if handle._callback is not None:
-        info.append(_format_callback(handle._callback, handle._args))
+        info.append(_format_callback(handle._callback, handle._args, handle._loop))
     if handle._source_traceback:
         frame = handle._source_traceback[-1]
         info.append(f"created at {frame[0]}:{frame[1]}")
@@ -63,8 +75,9 @@ def _handle_repr(handle) -> str:
 
 
 def _report_callback_error(handle, exc) -> None:
+    callback = _format_callback(handle._callback, handle._args, handle._loop)
     context = {
-        "message": f"Exception in callback {_format_callback(handle._callback, handle._args)}",
+        "message": f"Exception in callback {callback}",
         "exception": exc,
         "handle": handle,
     }
@@ -213,6 +226,9 @@ class Loop(
         self._watched_readers = {}
         self._watched_writers = {}
         self._listeners = {}  # listening fd -> _transports.Listener
+        # 3.13's create_unix_server records here the sockets whose path
+        # _stop_serving unlinks (cleanup_socket=True); see _network.py.
+        self._unix_server_sockets = {}
         self._transports = weakref.WeakValueDictionary()  # fd -> open stream transport
         self._subprocesses = {}  # pid -> SubprocessTransport whose child has not exited
         self._coroutine_origin_tracking_enabled = False
@@ -326,194 +342,43 @@ class Loop(
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
 
-    def _set_coroutine_origin_tracking(self, enabled):
-        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
-            return
-        if enabled:
-            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
-            sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
-        else:
-            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
-        self._coroutine_origin_tracking_enabled = enabled
+    # ---- asyncio's own code, borrowed by reference ----------------------------
+    # What asyncio's loop does here in Python needs nothing of the selector:
+    # these are BaseEventLoop's methods, called on this loop, so they behave as
+    # on the running Python (3.12 runs a custom exception handler in the
+    # failing task's or handle's context, 3.12 added shutdown_default_executor's
+    # timeout, 3.14 passes any keyword of create_task on to the task...). They
+    # read only what this class provides: _exception_handler, _current_handle,
+    # _default_executor, _executor_shutdown_called, _asyncgens,
+    # _asyncgens_shutdown_called, _coroutine_origin_tracking_*, _task_factory
+    # and _debug (native properties), _check_closed.
 
-    # ---- tasks ---------------------------------------------------------------
+    _set_coroutine_origin_tracking = _Base._set_coroutine_origin_tracking
 
-    def _create_task_general(self, coro, *, name=None, context=None, **kwargs):
-        """create_task() when the native fast path does not apply."""
-        self._check_closed()
-        factory = self._task_factory
-        if factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-        else:
-            if context is not None:
-                kwargs["context"] = context
-            task = factory(self, coro, **kwargs)
-            if name is not None:
-                task.set_name(name)
-        return task
+    # create_task() when the native fast path does not apply (a task factory,
+    # debug mode, a keyword other than name and context).
+    _create_task_general = _Base.create_task
+    set_task_factory = _Base.set_task_factory
+    get_task_factory = _Base.get_task_factory
 
-    def set_task_factory(self, factory):
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
+    get_exception_handler = _Base.get_exception_handler
+    set_exception_handler = _Base.set_exception_handler
+    default_exception_handler = _Base.default_exception_handler
+    call_exception_handler = _Base.call_exception_handler
+    # asyncio's _run_once records the handle it runs in debug mode, for the
+    # default handler's "handle_traceback"; fastloop's core does not.
+    _current_handle = None
 
-    def get_task_factory(self):
-        return self._task_factory
+    run_in_executor = _Base.run_in_executor
+    set_default_executor = _Base.set_default_executor
+    shutdown_default_executor = _Base.shutdown_default_executor
+    _do_shutdown = _Base._do_shutdown
+    _check_default_executor = _Base._check_default_executor
+    _check_callback = _Base._check_callback
 
-    # ---- exception handling --------------------------------------------------
-
-    def get_exception_handler(self):
-        return self._exception_handler
-
-    def set_exception_handler(self, handler):
-        if handler is not None and not callable(handler):
-            raise TypeError(f"A callable object or None is expected, got {handler!r}")
-        self._exception_handler = handler
-
-    def default_exception_handler(self, context):
-        message = context.get("message") or "Unhandled exception in event loop"
-        exception = context.get("exception")
-        exc_info = (type(exception), exception, exception.__traceback__) if exception else False
-        lines = [message]
-        for key in sorted(context):
-            if key in ("message", "exception"):
-                continue
-            value = context[key]
-            if key == "source_traceback":
-                stack = "".join(traceback.format_list(value)).rstrip()
-                value = f"Object created at (most recent call last):\n{stack}"
-            elif key == "handle_traceback":
-                stack = "".join(traceback.format_list(value)).rstrip()
-                value = f"Handle created at (most recent call last):\n{stack}"
-            else:
-                value = repr(value)
-            lines.append(f"{key}: {value}")
-        logger.error("\n".join(lines), exc_info=exc_info)
-
-    def call_exception_handler(self, context):
-        if self._exception_handler is None:
-            try:
-                self.default_exception_handler(context)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                logger.error("Exception in default exception handler", exc_info=True)
-            return
-        try:
-            self._exception_handler(self, context)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            try:
-                self.default_exception_handler(
-                    {
-                        "message": "Unhandled error in exception handler",
-                        "exception": exc,
-                        "context": context,
-                    }
-                )
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                logger.error(
-                    "Exception in default exception handler while handling an "
-                    "unexpected error in custom exception handler",
-                    exc_info=True,
-                )
-
-    # ---- executors -----------------------------------------------------------
-
-    def run_in_executor(self, executor, func, *args):
-        self._check_closed()
-        if self.get_debug():
-            self._check_callback(func, "run_in_executor")
-        if executor is None:
-            if self._executor_shutdown_called:
-                raise RuntimeError("Executor shutdown has been called")
-            executor = self._default_executor
-            if executor is None:
-                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
-                self._default_executor = executor
-        return futures.wrap_future(executor.submit(func, *args), loop=self)
-
-    def set_default_executor(self, executor):
-        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError("executor must be ThreadPoolExecutor instance")
-        self._default_executor = executor
-
-    async def shutdown_default_executor(self, timeout=_THREAD_JOIN_TIMEOUT):
-        """Join the default executor's threads; wait at most `timeout` seconds."""
-        self._executor_shutdown_called = True
-        executor = self._default_executor
-        if executor is None:
-            return
-        done = self.create_future()
-        thread = threading.Thread(target=self._join_executor, args=(executor, done))
-        thread.start()
-        try:
-            await asyncio.wait_for(asyncio.shield(done), timeout)
-        except TimeoutError:
-            warnings.warn(
-                f"The executor did not finishing joining its threads within {timeout} seconds.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            executor.shutdown(wait=False)
-        else:
-            thread.join()
-
-    def _join_executor(self, executor, done):
-        try:
-            executor.shutdown(wait=True)
-            result = (done.set_result, None)
-        except Exception as exc:
-            result = (done.set_exception, exc)
-        if not self.is_closed():
-            self.call_soon_threadsafe(_resolve_unless_done, done, *result)
-
-    def _check_callback(self, callback, method):
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
-            raise TypeError(f"coroutines cannot be used with {method}()")
-        if not callable(callback):
-            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
-
-    # ---- async generators ----------------------------------------------------
-
-    def _asyncgen_finalizer_hook(self, agen):
-        self._asyncgens.discard(agen)
-        if not self.is_closed():
-            self.call_soon_threadsafe(self.create_task, agen.aclose())
-
-    def _asyncgen_firstiter_hook(self, agen):
-        if self._asyncgens_shutdown_called:
-            warnings.warn(
-                f"asynchronous generator {agen!r} was scheduled after "
-                f"loop.shutdown_asyncgens() call",
-                ResourceWarning,
-                stacklevel=2,
-                source=self,
-            )
-        self._asyncgens.add(agen)
-
-    async def shutdown_asyncgens(self):
-        self._asyncgens_shutdown_called = True
-        if not self._asyncgens:
-            return
-        closing = list(self._asyncgens)
-        self._asyncgens.clear()
-        results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
-        for result, agen in zip(results, closing, strict=True):
-            if isinstance(result, Exception):
-                self.call_exception_handler(
-                    {
-                        "message": f"an error occurred during closing of "
-                        f"asynchronous generator {agen!r}",
-                        "exception": result,
-                        "asyncgen": agen,
-                    }
-                )
+    _asyncgen_finalizer_hook = _Base._asyncgen_finalizer_hook
+    _asyncgen_firstiter_hook = _Base._asyncgen_firstiter_hook
+    shutdown_asyncgens = _Base.shutdown_asyncgens
 
     # ---- watching file descriptors -------------------------------------------
 
@@ -617,7 +482,7 @@ class Loop(
             raise ValueError(f"invalid signal number {sig}")
 
     def add_signal_handler(self, sig, callback, *args):
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
@@ -701,8 +566,3 @@ def _after_fork_in_child():
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _resolve_unless_done(fut, setter, value):
-    if not fut.done():
-        setter(value)

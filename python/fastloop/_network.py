@@ -13,12 +13,27 @@ those of the running Python's asyncio.
 
 from __future__ import annotations
 
+import logging
+import os
 from asyncio import base_events, constants, unix_events
 
 from . import _transports
 
 _Base = base_events.BaseEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
+
+logger = logging.getLogger("asyncio")
+
+
+def _unlink_if_same(path, inode):
+    """Remove a stopped Unix server's path if it is still that server's socket."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
 
 class NetworkMethods:
@@ -91,7 +106,14 @@ class NetworkMethods:
         )
 
     def _stop_serving(self, sock):
+        # Since 3.13, create_unix_server(cleanup_socket=True) records the
+        # socket with its path's inode: the path is unlinked once the server
+        # stops, unless something else has taken the path meanwhile.
+        inode = self._unix_server_sockets.pop(sock, None)
+        path = sock.getsockname() if inode is not None else None
         listener = self._listeners.pop(sock.fileno(), None)
         if listener is not None:
             listener.close()  # libuv closes its copy of the fd
         sock.close()
+        if path is not None:
+            _unlink_if_same(path, inode)

@@ -369,6 +369,12 @@ _PER_PID_WATCHERS = tuple(
 )
 
 
+_HAS_CHILD_WATCHERS = hasattr(unix_events, "AbstractChildWatcher")
+# unix_events._make_subprocess_transport: 3.11 uses what the watcher's
+# __enter__ returns, 3.12 and 3.13 the watcher itself.
+_WATCHER_IS_WHAT_ENTER_RETURNS = sys.version_info < (3, 12)
+
+
 def _reaping_child_watcher():
     """The child watcher installed in the policy, if it may reap any child.
 
@@ -376,6 +382,8 @@ def _reaping_child_watcher():
     FastChildWatcher, say, reaps every child on SIGCHLD. Exits then have to
     come through it, as on asyncio's loop.
     """
+    if not _HAS_CHILD_WATCHERS:
+        return None  # 3.14 removed them (and deprecated get_event_loop_policy)
     watcher = getattr(events.get_event_loop_policy(), "_watcher", None)
     if watcher is None or isinstance(watcher, _PER_PID_WATCHERS):
         return None
@@ -500,7 +508,9 @@ class SubprocessMethods:
                 protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs
             )
         # As asyncio's loop: the child starts inside the watcher's `with`.
-        with watcher as entered:  # asyncio uses what __enter__ returns
+        with watcher as entered:
+            if not _WATCHER_IS_WHAT_ENTER_RETURNS:
+                entered = watcher
             if not entered.is_active():
                 raise RuntimeError(
                     "asyncio.get_child_watcher() is not activated, "
