@@ -286,6 +286,22 @@ def test_handle_repr_shows_args(loop, debug):
     run_briefly(loop)
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_exception_message_shows_args_as_the_repr(loop, exc_handler_calls, debug):
+    # "Exception in callback ..." formats the callback as Handle's repr does.
+    def failing(*args):
+        raise ValueError("boom")
+
+    loop.set_debug(debug)
+    loop.call_soon(failing, 12345)
+    run_briefly(loop)
+    (context,) = exc_handler_calls
+    message = context["message"]
+    assert message.startswith("Exception in callback ") and "failing" in message
+    assert ("12345" in message) is asyncio_handle_repr_shows_args(debug), message
+    exc_handler_calls.clear()
+
+
 def test_handle_repr_follows_the_debug_flag_of_the_moment(loop):
     # The handle is made in one mode and shown in the other.
     def cb(*args):
