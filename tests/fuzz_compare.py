@@ -162,13 +162,25 @@ class Allowed:
     ``target``: the target's state(s) and kind (a prefix), None: any;
     ``effects``: record fields the allowed outcome also changes, besides what
     always follows from it (e.g. ``peer_got`` when fastloop raises instead of
-    sending).
+    sending); ``desc_has``: strings one of which the operation's description
+    must contain (e.g. the kind of an item inside a list argument), None: any.
     """
 
     def __init__(
-        self, method, arg, kinds, asyncio, fastloop, why, state=None, target=None, effects=()
+        self,
+        method,
+        arg,
+        kinds,
+        asyncio,
+        fastloop,
+        why,
+        state=None,
+        target=None,
+        effects=(),
+        desc_has=None,
     ):
         self.method, self.arg, self.kinds = method, arg, kinds
+        self.desc_has = desc_has
         self.effects = tuple(effects)
         self.asyncio = (asyncio,) if isinstance(asyncio, str) else tuple(asyncio)
         self.fastloop = (fastloop,) if isinstance(fastloop, str) else tuple(fastloop)
@@ -184,6 +196,8 @@ class Allowed:
         if self.target is not None and not kind.startswith(self.target):
             return False
         if self.arg is not None and a["kinds"].get(self.arg) not in self.kinds:
+            return False
+        if self.desc_has is not None and not any(d in a["desc"] for d in self.desc_has):
             return False
         a_out, f_out = str(a.get("out")), str(f.get("out"))
         return a_out.startswith(self.asyncio) and f_out.startswith(self.fastloop)

@@ -14,8 +14,33 @@ import signal
 import socket
 import subprocess
 import sys
+from asyncio import selector_events
 
 HOST = "127.0.0.1"
+
+# What asyncio's datagram transport does on the running Python: the reference for both
+# loops. CPython 3.13 changed it (Lib/asyncio/selector_events.py,
+# _SelectorDatagramTransport.sendto, gh-113812): sendto(b"") sends an empty datagram
+# (3.11 and 3.12 drop it), and each queued datagram counts a header in
+# get_write_buffer_size(), so that queued empty datagrams reach the high-water mark too.
+SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
+# The header: 8 bytes from 3.13; later 3.13 releases name it _header_size (gh-135444).
+_ASYNCIO_DGRAM = selector_events._SelectorDatagramTransport
+HEADER_SIZE = getattr(_ASYNCIO_DGRAM, "_header_size", 8 if SENDS_EMPTY_DATAGRAMS else 0)
+# 3.13.0 to 3.13.5 add the header when a datagram is queued but do not take it off when
+# the datagram is sent (gh-135444, fixed where _header_size exists): a drained buffer's
+# size stays at 8 per datagram that was queued. fastloop follows the fix.
+ASYNCIO_KEEPS_SENT_HEADERS = HEADER_SIZE > 0 and not hasattr(_ASYNCIO_DGRAM, "_header_size")
+# base_events.create_datagram_endpoint(sock=): 3.13 refuses only SOCK_STREAM sockets
+# (so SOCK_RAW, SOCK_SEQPACKET... are taken), with another message (gh-114887).
+TAKES_ANY_NON_STREAM_SOCKET = sys.version_info >= (3, 13)
+if TAKES_ANY_NON_STREAM_SOCKET:
+    NOT_A_DATAGRAM_SOCKET = "A datagram socket was expected"
+else:
+    NOT_A_DATAGRAM_SOCKET = "A UDP Socket was expected"
+# 3.12 added asyncio's check that no open transport owns the socket to
+# BaseSelectorEventLoop._make_datagram_transport (3.11 checks only add_reader & co.).
+CHECKS_SOCKET_OWNER = sys.version_info >= (3, 12)
 
 
 def run(loop, coro, timeout=10.0):

@@ -142,6 +142,30 @@ ALLOWED = [
         "ok",
         "asyncio's sock_sendall compares the bytes sent with len() of the memoryview",
     ),
+    # 3.12 gave the selector loop's stream transport a writelines() of its own
+    # (selector_events._SelectorSocketTransport.writelines, with sendmsg()).
+    Allowed(
+        "writelines",
+        "list_of_data",
+        {"list", "tuple", "<gen_data>"},
+        "raise:TypeError",
+        "ok",
+        "asyncio 3.12+: writelines() after close() or a lost connection calls the write "
+        "callback close() cleared ('NoneType' object is not callable); 3.11's, like "
+        "write(), returns",
+        state=("closing", "closed", "aborted", "peer_closed"),
+    ),
+    Allowed(
+        "writelines",
+        "list_of_data",
+        {"list", "tuple", "<gen_data>"},
+        "ok",
+        "ok",
+        "asyncio 3.12+: writelines() counts what sendmsg() sent in bytes against len() of "
+        "each memoryview (items, not bytes): IndexError in _adjust_leftover_buffer, and "
+        "the connection is lost",
+        desc_has=("<mv_2d", "<mv_int32"),
+    ),
     Allowed(
         "abort",
         None,

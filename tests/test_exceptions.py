@@ -2,8 +2,10 @@
 asyncio's context keys; the default handler logs through the 'asyncio' logger."""
 
 import asyncio
+import contextvars
 import gc
 import logging
+import sys
 
 import pytest
 
@@ -264,3 +266,113 @@ def test_debug_default_handler_logs_where_the_handle_was_created(loop, caplog):
     assert len(msgs) == 1
     assert "Object created at (most recent call last):" in msgs[0]
     assert "test_debug_default_handler_logs_where_the_handle_was_created" in msgs[0]
+
+
+# ---- the context the handler runs in ---------------------------------------------------
+
+# From Python 3.12 asyncio calls a custom exception handler in the contextvars context of
+# what failed: the context's "task", else its "future" when that is a Task, else its
+# "handle" (base_events.BaseEventLoop.call_exception_handler, gh-96704). Before, and
+# for anything else (a plain Future, no such key), in the caller's context. The default
+# handler always runs in the caller's context.
+HANDLER_RUNS_IN_ITS_CONTEXT = sys.version_info >= (3, 12)
+
+NAME = contextvars.ContextVar("NAME", default="unset")
+
+
+def _handler_that_reads_name(seen):
+    def handler(lp, context):
+        seen.append((NAME.get(), context["message"]))
+
+    return handler
+
+
+def _expected_name(name):
+    return name if HANDLER_RUNS_IN_ITS_CONTEXT else "unset"
+
+
+def test_handler_runs_in_the_context_of_the_failing_callback(loop):
+    seen = []
+    loop.set_exception_handler(_handler_that_reads_name(seen))
+
+    def failing():
+        NAME.set("the callback's")
+        raise Boom()
+
+    loop.call_soon(failing)
+    run_briefly(loop)
+    assert [name for name, _ in seen] == [_expected_name("the callback's")]
+    assert seen[0][1].startswith("Exception in callback")
+
+
+def test_handler_runs_in_the_context_of_the_failing_timer(loop):
+    seen = []
+    loop.set_exception_handler(_handler_that_reads_name(seen))
+    ctx = contextvars.copy_context()
+    ctx.run(NAME.set, "the timer's")
+    loop.call_later(0.001, raise_boom, context=ctx)
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert [name for name, _ in seen] == [_expected_name("the timer's")]
+    assert NAME.get() == "unset"
+
+
+def test_handler_runs_in_the_context_of_the_failing_done_callback(loop):
+    seen = []
+    loop.set_exception_handler(_handler_that_reads_name(seen))
+    ctx = contextvars.copy_context()
+    ctx.run(NAME.set, "the done callback's")
+    fut = loop.create_future()
+    fut.add_done_callback(raise_boom, context=ctx)
+    fut.set_result(None)
+    run_briefly(loop)
+    assert [name for name, _ in seen] == [_expected_name("the done callback's")]
+
+
+def test_handler_runs_in_the_context_of_the_task_with_an_unretrieved_exception(loop):
+    seen = []
+    loop.set_exception_handler(_handler_that_reads_name(seen))
+
+    async def failing():
+        NAME.set("the task's")
+        raise Boom("never retrieved")
+
+    task = loop.create_task(failing())
+    loop.run_until_complete(asyncio.sleep(0.001))
+    assert task.done() and seen == []
+    del task
+    gc.collect()
+    assert seen == [(_expected_name("the task's"), "Task exception was never retrieved")]
+
+
+def test_handler_context_when_called_directly(loop):
+    """call_exception_handler() with each key that names what failed."""
+    seen = []
+    loop.set_exception_handler(_handler_that_reads_name(seen))
+    ctx = contextvars.copy_context()
+    ctx.run(NAME.set, "its own")
+    handle = loop.call_soon(print, context=ctx)
+    handle.cancel()
+
+    async def idle():
+        pass
+
+    task = loop.create_task(idle(), context=ctx)
+    loop.run_until_complete(task)
+    future = loop.create_future()  # a plain Future has no context of its own
+    token = NAME.set("the caller's")
+    try:
+        for key, thing in (("handle", handle), ("task", task), ("future", task)):
+            loop.call_exception_handler({"message": key, key: thing})
+        loop.call_exception_handler({"message": "future", "future": future})
+        loop.call_exception_handler({"message": "nothing"})
+    finally:
+        NAME.reset(token)
+    own = "its own" if HANDLER_RUNS_IN_ITS_CONTEXT else "the caller's"
+    assert seen == [
+        (own, "handle"),
+        (own, "task"),
+        (own, "future"),
+        ("the caller's", "future"),
+        ("the caller's", "nothing"),
+    ]

@@ -172,6 +172,18 @@ def test_shutdown_default_executor_with_timeout(loop):
     assert time.monotonic() - t0 < 5
 
 
+def test_shutdown_default_executor_default_timeout(loop):
+    """Without a timeout, shutdown_default_executor() waits as long as asyncio's does:
+    its default is asyncio's (None from 3.12: the threads get as long as they need;
+    asyncio.run passes constants.THREAD_JOIN_TIMEOUT itself). Waiting out a real
+    default would take minutes, so the signatures are compared."""
+    reference = inspect.signature(asyncio.BaseEventLoop.shutdown_default_executor)
+    if "timeout" not in reference.parameters:
+        pytest.skip("asyncio's shutdown_default_executor() takes no timeout before Python 3.12")
+    ours = inspect.signature(loop.shutdown_default_executor).parameters["timeout"]
+    assert ours.default == reference.parameters["timeout"].default
+
+
 def test_close_shuts_down_default_executor_without_waiting(loop):
     release = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(1)

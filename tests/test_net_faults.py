@@ -25,6 +25,7 @@ import pytest
 
 from .netutil import (
     HOST,
+    NOT_A_DATAGRAM_SOCKET,
     EchoServerProtocol,
     ProtocolServer,
     Recorder,
@@ -577,7 +578,7 @@ def test_create_connection_host_and_sock(loop):
 def test_create_datagram_endpoint_with_stream_socket(loop):
     async def main():
         with socket.socket() as s:
-            with pytest.raises(ValueError, match="A UDP Socket was expected"):
+            with pytest.raises(ValueError, match=NOT_A_DATAGRAM_SOCKET):
                 await loop.create_datagram_endpoint(asyncio.Protocol, sock=s)
 
     run(loop, main())

@@ -304,11 +304,37 @@ def test_still_usable_on_a_closed_loop(loop):
         b.close()
 
 
+def asyncio_unsets_the_running_loop_when_refusing_to_run():
+    """Whether asyncio's run_forever(), refusing to run while another loop runs, unsets
+    that loop as the running loop: CPython 3.13.0 to 3.13.2 (gh-130145). 3.13 runs the
+    clean-up (base_events._run_forever_cleanup) in a finally that also covers the
+    refused set-up; later releases do not. A second run_until_complete() then runs
+    for real. Tried on an asyncio loop, with a stand-in as the running loop."""
+    probe = asyncio.new_event_loop()
+    running = object()
+    asyncio.events._set_running_loop(running)
+    try:
+        probe.run_forever()
+    except RuntimeError:
+        pass
+    finally:
+        unset = asyncio._get_running_loop() is not running
+        asyncio.events._set_running_loop(None)
+        probe.close()
+    return unset
+
+
 def test_run_while_another_loop_runs(loop, loop_name):
     # Our loop inside another loop of each kind, and each kind inside ours.
     others = [asyncio.new_event_loop(), new_loop(loop_name)]
     try:
         pairs = [(loop, o) for o in others] + [(o, loop) for o in others]
+        if asyncio_unsets_the_running_loop_when_refusing_to_run():
+            # An asyncio loop inside another one would then run until the test times
+            # out (and the timeout would end in the outer loop's exception handler).
+            pairs = [(o, i) for o, i in pairs if not isinstance(i, asyncio.BaseEventLoop)]
+            if not pairs:
+                pytest.skip("asyncio's loop inside another loop hangs here (CPython gh-130145)")
         for outer, inner in pairs:
             errors = []
             fut = inner.create_future()

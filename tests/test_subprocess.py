@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -1395,3 +1396,81 @@ def test_stdin_drain_blocks_until_the_reader_dies(loop):
     assert 0 < buffered < 4 * MiB
     assert errors == [BrokenPipeError, ConnectionResetError, BrokenPipeError]
     assert rc == -signal.SIGKILL
+
+
+# ---- a child watcher installed in the policy (Python < 3.14) ------------------------------
+
+# asyncio's loop starts a child inside `with watcher:` of the policy's child watcher. Up
+# to 3.11 it asks what the watcher's __enter__ returned whether it is active and hands it
+# the pid; from 3.12 it asks the watcher itself (unix_events._UnixSelectorEventLoop.
+# _make_subprocess_transport). Python 3.14 has no child watchers.
+ASKS_THE_WATCHER_ITSELF = sys.version_info >= (3, 12)
+
+
+def make_child_watcher(log, active):
+    """A child watcher (waiting for its pids in threads) whose __enter__ returns another
+    one. ``active`` names the one of the two whose is_active() is true."""
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # subclassing it, from 3.12
+
+        class Watcher(asyncio.AbstractChildWatcher):
+            def __init__(self, name, entered=None):
+                self.name, self.entered = name, entered
+
+            def is_active(self):
+                log.append((self.name, "is_active"))
+                return self.name == active
+
+            def add_child_handler(self, pid, callback, *args):
+                log.append((self.name, "add_child_handler"))
+
+                def wait():
+                    _, status = os.waitpid(pid, 0)
+                    callback(pid, os.waitstatus_to_exitcode(status), *args)
+
+                threading.Thread(target=wait, daemon=True).start()
+
+            def remove_child_handler(self, pid):
+                return False
+
+            def attach_loop(self, loop):
+                pass
+
+            def close(self):
+                pass
+
+            def __enter__(self):
+                return self if self.entered is None else self.entered
+
+            def __exit__(self, *exc):
+                pass
+
+    return Watcher("watcher", Watcher("entered"))
+
+
+@pytest.mark.skipif(
+    not hasattr(asyncio, "AbstractChildWatcher"), reason="no child watchers (Python 3.14+)"
+)
+@pytest.mark.parametrize("active", ["watcher", "entered"])
+def test_child_watcher_of_the_policy_is_asked_as_asyncio_asks(loop, active):
+    log = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.get_event_loop_policy().set_child_watcher(make_child_watcher(log, active))
+    asked = "watcher" if ASKS_THE_WATCHER_ITSELF else "entered"
+
+    async def main():
+        if active != asked:
+            with pytest.raises(RuntimeError, match="get_child_watcher.. is not activated"):
+                await asyncio.create_subprocess_exec(PY, "-c", "pass")
+            return None
+        proc = await asyncio.create_subprocess_exec(PY, "-c", "raise SystemExit(3)")
+        return await proc.wait()
+
+    if active == asked:
+        assert run(loop, main()) == 3
+        assert log == [(asked, "is_active"), (asked, "add_child_handler")]
+    else:
+        assert run(loop, main()) is None
+        assert log == [(asked, "is_active")]

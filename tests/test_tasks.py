@@ -4,6 +4,7 @@ and the usual asyncio primitives driven by the loop."""
 import asyncio
 import concurrent.futures
 import contextvars
+import inspect
 import sys
 import threading
 
@@ -501,3 +502,54 @@ def test_eager_start_task(loop):
 
     assert loop.run_until_complete(main()) == 2
     assert out == ["started", "resumed"]
+
+
+# loop.create_task(coro, eager_start=...): asyncio's create_task takes only name= and
+# context= in 3.11, 3.12 and 3.13.0 (a TypeError for anything else); from 3.14 (and
+# later 3.13 releases, gh-133745) it passes other keywords on to the Task (or the task
+# factory), eager_start= among them. Read from asyncio's own signature.
+ASYNCIO_CREATE_TASK_PASSES_KEYWORDS = any(
+    p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "eager_start"
+    for p in inspect.signature(asyncio.BaseEventLoop.create_task).parameters.values()
+)
+
+
+@pytest.mark.parametrize("eager_start", [True, False])
+def test_create_task_eager_start(loop, eager_start):
+    out = []
+
+    async def coro():
+        out.append("started")
+        await asyncio.sleep(0)
+        out.append("resumed")
+        return 3
+
+    async def main():
+        c = coro()
+        if not ASYNCIO_CREATE_TASK_PASSES_KEYWORDS:
+            with pytest.raises(TypeError):
+                loop.create_task(c, eager_start=eager_start)
+            c.close()
+            return None
+        task = loop.create_task(c, eager_start=eager_start)
+        assert out == (["started"] if eager_start else [])
+        return await task
+
+    result = loop.run_until_complete(main())
+    if ASYNCIO_CREATE_TASK_PASSES_KEYWORDS:
+        assert result == 3 and out == ["started", "resumed"]
+    else:
+        assert result is None and out == []
+
+
+def test_create_task_unknown_keyword(loop):
+    # A TypeError on every version: from create_task, or from the Task it passes it to.
+    async def coro():
+        pass
+
+    c = coro()
+    try:
+        with pytest.raises(TypeError):
+            loop.create_task(c, no_such_keyword=1)
+    finally:
+        c.close()

@@ -752,6 +752,31 @@ def test_writelines_with_a_bad_item_sends_nothing(loop):
     assert run(loop, main()) == b"after"
 
 
+# From 3.12 asyncio's stream transport has a writelines() of its own
+# (selector_events._SelectorSocketTransport.writelines) that returns at once when its
+# argument is false, None included; 3.11's (transports.WriteTransport.writelines)
+# joins it first: a TypeError for None.
+WRITELINES_TAKES_NONE = sys.version_info >= (3, 12)
+
+
+def test_writelines_of_nothing(loop):
+    async def main():
+        async with raw_peer(Recorder) as (tr, pr, peer):
+            tr.writelines([])
+            tr.writelines(())
+            # (Not an empty iterator: asyncio 3.12's writelines() fails its own assertion
+            # on one, "Data should not be empty".)
+            if WRITELINES_TAKES_NONE:
+                tr.writelines(None)
+            else:
+                with pytest.raises(TypeError):
+                    tr.writelines(None)
+            tr.write(b"after")
+            return await loop.run_in_executor(None, recv_exactly, peer, 5), tr.is_closing()
+
+    assert run(loop, main()) == (b"after", False)
+
+
 def test_write_eof_on_a_reset_connection_raises(loop):
     """issue 9, item 15: write_eof() on a connection the peer has reset (not yet noticed:
     reading is paused) raises OSError, as asyncio's (its shutdown(SHUT_WR) fails with

@@ -10,7 +10,16 @@ import tempfile
 
 import pytest
 
-from .netutil import HOST, run
+from .netutil import (
+    ASYNCIO_KEEPS_SENT_HEADERS,
+    CHECKS_SOCKET_OWNER,
+    HEADER_SIZE,
+    HOST,
+    NOT_A_DATAGRAM_SOCKET,
+    SENDS_EMPTY_DATAGRAMS,
+    TAKES_ANY_NON_STREAM_SOCKET,
+    run,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -401,7 +410,7 @@ def unix_dgram_pair(directory):
     return sender, receiver
 
 
-def test_buffering_and_flow_control(loop, tmp_path):
+def test_buffering_and_flow_control(loop, loop_name, tmp_path):
     # The receiver does not read: the sender's queue fills, sendto() buffers,
     # pause_writing() comes past the high-water mark; draining the receiver sends the
     # buffer in order, resume_writing() comes, and close() waits for the buffer before
@@ -420,7 +429,8 @@ def test_buffering_and_flow_control(loop, tmp_path):
         for _ in range(10):
             tr.sendto(b"%08d" % sent + b"." * 992)
             sent += 1
-        assert tr.get_write_buffer_size() == 11 * 1000  # whole datagrams queued
+        # Whole datagrams queued, each with the header of this Python (see HEADER_SIZE).
+        assert tr.get_write_buffer_size() == 11 * (1000 + HEADER_SIZE)
         assert pr.events == ["made", "pause_writing"]
         tr.close()
         assert tr.is_closing()
@@ -434,7 +444,10 @@ def test_buffering_and_flow_control(loop, tmp_path):
                 await asyncio.sleep(0.001)
         assert await asyncio.wait_for(pr.lost, 5) is None
         assert [int(d[:8]) for d in got] == list(range(sent))
-        assert tr.get_write_buffer_size() == 0
+        if loop_name == "asyncio" and ASYNCIO_KEEPS_SENT_HEADERS:
+            assert tr.get_write_buffer_size() == 11 * HEADER_SIZE  # gh-135444
+        else:
+            assert tr.get_write_buffer_size() == 0
         return pr.events
 
     try:
@@ -442,6 +455,185 @@ def test_buffering_and_flow_control(loop, tmp_path):
     finally:
         b.close()
         a.close()
+
+
+def test_empty_datagrams(loop):
+    """sendto(b"") (any empty bytes-like object) sends an empty datagram from Python
+    3.13, on unconnected and connected endpoints alike; before, it is dropped
+    (SENDS_EMPTY_DATAGRAMS). Receiving one is datagram_received(b"", addr) everywhere."""
+
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind((HOST, 0))
+            peer.settimeout(5)
+            peer_addr = peer.getsockname()
+            tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+            ctr, cpr = await loop.create_datagram_endpoint(DatagramRecorder, remote_addr=peer_addr)
+            addr, caddr = tr.get_extra_info("sockname"), ctr.get_extra_info("sockname")
+            tr.sendto(b"", peer_addr)
+            tr.sendto(memoryview(b""), peer_addr)
+            ctr.sendto(bytearray())
+            tr.sendto(b"end", peer_addr)
+            ctr.sendto(b"end")
+            got = {addr: [], caddr: []}
+            while got[addr][-1:] != [b"end"] or got[caddr][-1:] != [b"end"]:
+                data, src = peer.recvfrom(100)
+                got[src].append(data)
+            empty = [b""] if SENDS_EMPTY_DATAGRAMS else []
+            assert got == {addr: empty * 2 + [b"end"], caddr: empty + [b"end"]}
+            assert tr.get_write_buffer_size() == ctr.get_write_buffer_size() == 0
+
+            peer.sendto(b"", addr)
+            peer.sendto(b"", caddr)
+            await pr.wait_for(lambda: pr.datagrams)
+            await cpr.wait_for(lambda: cpr.datagrams)
+            assert pr.datagrams == [(b"", peer_addr)]
+            assert cpr.datagrams == [(b"", peer_addr)]
+            assert pr.events == cpr.events == ["made", "datagram"]
+            await close_endpoint(tr, pr)
+            await close_endpoint(ctr, cpr)
+
+    run(loop, main())
+
+
+def test_empty_datagram_without_address(loop, exc_handler_calls):
+    """From 3.13 an empty datagram goes to the socket like any other: without an
+    address on an unconnected endpoint, sendto() fails on it (a TypeError: a fatal
+    error that closes the endpoint, as for non-empty data). Before 3.13 it is dropped
+    first and nothing happens."""
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+        tr.sendto(b"")
+        if not SENDS_EMPTY_DATAGRAMS:
+            await asyncio.sleep(0.01)
+            assert not tr.is_closing()
+            assert await close_endpoint(tr, pr) is None
+            return pr.events
+        assert tr.is_closing()
+        assert isinstance(await asyncio.wait_for(pr.lost, 5), TypeError)
+        return pr.events
+
+    assert run(loop, main()) == ["made", "lost"]
+    if SENDS_EMPTY_DATAGRAMS:
+        (context,) = exc_handler_calls
+        assert context["message"] == "Fatal write error on datagram transport"
+        assert isinstance(context["exception"], TypeError)
+        assert isinstance(context["protocol"], DatagramRecorder)
+        exc_handler_calls.clear()
+    assert exc_handler_calls == []
+
+
+def test_queued_empty_datagrams_count_a_header(loop, loop_name, tmp_path):
+    """From 3.13 every queued datagram counts HEADER_SIZE bytes besides its data in
+    get_write_buffer_size(), so queued empty datagrams reach the high-water mark too;
+    the headers go with the datagrams when they are sent."""
+    a, b = unix_dgram_pair(str(tmp_path))
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, sock=a)
+        tr.set_write_buffer_limits(high=1000 + 2 * HEADER_SIZE)
+        sent = 0
+        while tr.get_write_buffer_size() == 0:
+            tr.sendto(b"." * 1000)
+            sent += 1
+            assert sent < 100000
+        assert tr.get_write_buffer_size() == 1000 + HEADER_SIZE
+        assert pr.events == ["made"]
+        for _ in range(3):
+            tr.sendto(b"")
+        queued = 4 if SENDS_EMPTY_DATAGRAMS else 1
+        assert tr.get_write_buffer_size() == 1000 + queued * HEADER_SIZE
+        # Past high = 1000 + 2 headers only when the empty datagrams count.
+        assert pr.events == (["made", "pause_writing"] if HEADER_SIZE else ["made"])
+        got = []
+        while len(got) < sent + queued - 1:
+            try:
+                got.append(b.recv(2000))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert got == [b"." * 1000] * sent + [b""] * (queued - 1)
+        await asyncio.sleep(0.01)
+        with pytest.raises(BlockingIOError):
+            b.recv(2000)  # nothing more was sent
+        if loop_name == "asyncio" and ASYNCIO_KEEPS_SENT_HEADERS:
+            assert tr.get_write_buffer_size() == queued * HEADER_SIZE  # gh-135444
+        else:
+            assert tr.get_write_buffer_size() == 0
+        await close_endpoint(tr, pr)
+        return pr.events
+
+    try:
+        expected = ["made", "pause_writing", "resume_writing"] if HEADER_SIZE else ["made"]
+        assert run(loop, main()) == expected + ["lost"]
+    finally:
+        b.close()
+        a.close()
+
+
+def test_socket_of_another_non_stream_type(loop):
+    """create_datagram_endpoint(sock=) takes any socket that is not SOCK_STREAM from
+    3.13 (e.g. SOCK_SEQPACKET or SOCK_RAW, gh-114887); before, only SOCK_DGRAM."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    async def main():
+        if not TAKES_ANY_NON_STREAM_SOCKET:
+            with pytest.raises(ValueError) as info:
+                await loop.create_datagram_endpoint(DatagramRecorder, sock=a)
+            assert str(info.value) == f"{NOT_A_DATAGRAM_SOCKET}, got {a!r}"
+            return
+        tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, sock=a)
+        assert tr.get_extra_info("socket").type == socket.SOCK_SEQPACKET
+        b.send(b"one record")
+        b.send(b"another")
+        await pr.wait_for(lambda: len(pr.datagrams) == 2)
+        assert [data for data, _ in pr.datagrams] == [b"one record", b"another"]
+        await close_endpoint(tr, pr)
+        assert a.fileno() == -1
+
+    try:
+        run(loop, main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_socket_of_an_open_endpoint_is_taken(loop):
+    """While an endpoint is open its transport owns the socket: watching its fd with
+    add_reader & co. raises RuntimeError, and from 3.12 (CHECKS_SOCKET_OWNER) so does
+    making a second endpoint on it; the endpoint goes on working."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, sock=sock)
+        try:
+            for method, args in (
+                (loop.add_reader, (print,)),
+                (loop.add_writer, (print,)),
+                (loop.remove_reader, ()),
+                (loop.remove_writer, ()),
+            ):
+                for fd in (sock, sock.fileno()):
+                    with pytest.raises(RuntimeError) as info:
+                        method(fd, *args)
+                    assert str(info.value) == f"File descriptor {fd!r} is used by transport {tr!r}"
+            if CHECKS_SOCKET_OWNER:
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    await loop.create_datagram_endpoint(DatagramRecorder, sock=sock)
+                assert sock.fileno() != -1
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+                peer.sendto(b"still open", sock.getsockname())
+                await pr.wait_for(lambda: pr.datagrams)
+            assert pr.datagrams[0][0] == b"still open"
+        finally:
+            await close_endpoint(tr, pr)
+        return pr.events
+
+    try:
+        assert run(loop, main()) == ["made", "datagram", "lost"]
+    finally:
+        sock.close()
 
 
 def test_abort_drops_the_buffer(loop, tmp_path):
@@ -555,7 +747,7 @@ def test_argument_errors(loop):
     async def main():
         with pytest.raises(ValueError) as info:
             await loop.create_datagram_endpoint(DatagramRecorder, sock=tcp)
-        assert str(info.value) == f"A UDP Socket was expected, got {tcp!r}"
+        assert str(info.value) == f"{NOT_A_DATAGRAM_SOCKET}, got {tcp!r}"
         with pytest.raises(ValueError) as info:
             await loop.create_datagram_endpoint(
                 DatagramRecorder, sock=udp, local_addr=(HOST, 0), reuse_port=True

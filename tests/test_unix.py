@@ -315,3 +315,55 @@ def test_unix_large_transfer(loop, path):
             return len(pr.data), digest(pr.data)
 
     assert run(loop, main(), timeout=50) == (size, digest(payload))
+
+
+# Python 3.13 added create_unix_server(cleanup_socket=True): closing the server removes
+# its socket file (a path given or the name of a sock= given), unless the path names
+# another file by then (unix_events._UnixSelectorEventLoop.create_unix_server and
+# _stop_serving compare the inode, gh-111246). Before, the file stays and the keyword
+# is unknown.
+CLEANS_UP_SOCKET_FILES = sys.version_info >= (3, 13)
+
+
+def test_unix_server_cleanup_socket_false(loop, path):
+    async def main():
+        if not CLEANS_UP_SOCKET_FILES:
+            with pytest.raises(TypeError):
+                await loop.create_unix_server(Recorder, path, cleanup_socket=False)
+            return os.path.exists(path)
+        async with ProtocolServer(EchoServerProtocol, cleanup_socket=False) as srv:
+            await srv.start_unix(path)
+            await unix_roundtrip(path)
+        return os.path.exists(path)
+
+    assert run(loop, main()) is CLEANS_UP_SOCKET_FILES
+
+
+def test_unix_server_with_sock_socket_file_after_close(loop, path):
+    async def main():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        srv = ProtocolServer(EchoServerProtocol)
+        srv.server = await loop.create_unix_server(srv.factory, sock=sock)
+        async with srv:
+            await unix_roundtrip(path)
+        return sock.fileno(), os.path.exists(path)
+
+    assert run(loop, main()) == (-1, not CLEANS_UP_SOCKET_FILES)
+
+
+def test_unix_server_leaves_a_file_that_replaced_its_socket(loop, path):
+    """The path names another socket when the server closes: it stays (3.13+), as it
+    does before 3.13, when no socket file is removed."""
+
+    async def main():
+        async with ProtocolServer(EchoServerProtocol) as srv:
+            await srv.start_unix(path)
+            os.unlink(path)
+            other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            other.bind(path)
+            inode = os.stat(path).st_ino
+        with other:
+            return os.stat(path).st_ino == inode
+
+    assert run(loop, main())

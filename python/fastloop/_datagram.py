@@ -1,11 +1,28 @@
 """Datagram endpoints: loop.create_datagram_endpoint() and its transport.
 
-The transport runs over the loop's add_reader / add_writer, in Python for
-now. Its behaviour is that of asyncio's ``_SelectorDatagramTransport``
-(3.11): the protocol hears connection_made, then datagram_received /
+The transport runs over the loop's fd watchers, in Python for now. Its
+behaviour is that of asyncio's ``_SelectorDatagramTransport`` on the running
+Python: the protocol hears connection_made, then datagram_received /
 error_received, then connection_lost, each from its own loop callback;
-sendto() tries the socket at once and queues what would block. Names and
-messages mirror ``asyncio.selector_events`` and ``base_events``.
+sendto() tries the socket at once and queues what would block. While open,
+the transport owns its socket (``loop._transports``): add_reader & co. refuse
+its fd. Names and messages mirror ``asyncio.selector_events`` and
+``base_events``.
+
+What changed across the supported Pythons follows asyncio's own code where it
+shows (_HEADER_SIZE, _CHECKS_SOCKET_OWNER), else the version:
+
+- 3.12 (selector_events.BaseSelectorEventLoop._make_datagram_transport):
+  no endpoint can be made on a socket that an open transport owns.
+- 3.13 (selector_events._SelectorDatagramTransport.sendto, gh-113812):
+  sendto(b"") sends an empty datagram (3.11 and 3.12 drop it), and every
+  queued datagram counts a header of 8 bytes in get_write_buffer_size().
+  3.13.0 to 3.13.5 do not take the header off again when the datagram is
+  sent (gh-135444); later releases do and call it ``_header_size``, and so
+  does fastloop on every 3.13.
+- 3.13 (base_events.create_datagram_endpoint, gh-114887): ``sock=`` may be
+  any socket but a SOCK_STREAM one (SOCK_RAW, SOCK_SEQPACKET...), and the
+  message says "A datagram socket was expected".
 """
 
 from __future__ import annotations
@@ -15,14 +32,28 @@ import logging
 import os
 import socket
 import stat
+import sys
 import warnings
-from asyncio import constants, transports, trsock
+from asyncio import constants, selector_events, transports, trsock
 
 from ._transports import _set_result_unless_cancelled
 
 logger = logging.getLogger("asyncio")
 
 _RETRY = (BlockingIOError, InterruptedError)
+
+_SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
+_HEADER_SIZE = getattr(
+    selector_events._SelectorDatagramTransport,
+    "_header_size",
+    8 if _SENDS_EMPTY_DATAGRAMS else 0,
+)
+_TAKES_ANY_NON_STREAM_SOCKET = sys.version_info >= (3, 13)
+# Whether asyncio's loop checks the socket's owner when it makes the transport (3.12+).
+_CHECKS_SOCKET_OWNER = (
+    "_ensure_fd_no_transport"
+    in selector_events.BaseSelectorEventLoop._make_datagram_transport.__code__.co_names
+)
 
 
 def _set_reuseport(sock):
@@ -40,6 +71,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
     """A datagram (UDP or Unix datagram) socket as an asyncio transport."""
 
     max_size = 256 * 1024  # the largest datagram read at once
+    _header_size = _HEADER_SIZE  # what a queued datagram counts besides its data
 
     _sock = None  # set first thing in __init__; __del__ may see an instance without it
 
@@ -68,6 +100,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._reader_added = False
         self._writer_added = False
 
+        loop._transports[self._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
         # Reading starts only once connection_made() has run.
         loop.call_soon(self._add_reader)
@@ -143,13 +176,15 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
     def _add_reader(self):
         if not self.is_reading():
             return
-        self._loop.add_reader(self._sock_fd, self._read_ready)
+        # The loop's private methods: the public ones refuse an fd a transport owns.
+        self._loop._add_reader(self._sock_fd, self._read_ready)
         self._reader_added = True
 
     def _remove_reader(self):
         if self._reader_added:
             self._reader_added = False
-            self._loop.remove_reader(self._sock_fd)
+            if not self._loop.is_closed():
+                self._loop._remove_reader(self._sock_fd)
 
     def _read_ready(self):
         if self._conn_lost:
@@ -178,8 +213,8 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
             )
-        if not data:
-            return  # asyncio 3.11 drops empty datagrams
+        if not data and not _SENDS_EMPTY_DATAGRAMS:
+            return  # dropped before 3.13
 
         if self._address:
             if addr not in (None, self._address):
@@ -201,7 +236,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
                     self._sock.sendto(data, addr)
                 return
             except _RETRY:
-                self._loop.add_writer(self._sock_fd, self._sendto_ready)
+                self._loop._add_writer(self._sock_fd, self._sendto_ready)
                 self._writer_added = True
             except OSError as exc:
                 self._protocol.error_received(exc)
@@ -214,13 +249,13 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
 
         # What is queued must not change under us: keep an immutable copy.
         self._buffer.append((bytes(data), addr))
-        self._buffer_size += len(data)
+        self._buffer_size += len(data) + self._header_size
         self._maybe_pause_protocol()
 
     def _sendto_ready(self):
         while self._buffer:
             data, addr = self._buffer.popleft()
-            self._buffer_size -= len(data)
+            self._buffer_size -= len(data) + self._header_size
             try:
                 if self._extra["peername"]:
                     self._sock.send(data)
@@ -228,7 +263,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
                     self._sock.sendto(data, addr)
             except _RETRY:
                 self._buffer.appendleft((data, addr))  # the next writability retries
-                self._buffer_size += len(data)
+                self._buffer_size += len(data) + self._header_size
                 break
             except OSError as exc:
                 self._protocol.error_received(exc)
@@ -248,7 +283,8 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
     def _remove_writer(self):
         if self._writer_added:
             self._writer_added = False
-            self._loop.remove_writer(self._sock_fd)
+            if not self._loop.is_closed():
+                self._loop._remove_writer(self._sock_fd)
 
     # ---- closing -------------------------------------------------------------------
 
@@ -298,6 +334,8 @@ class DatagramMethods:
     __slots__ = ()
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        if _CHECKS_SOCKET_OWNER:
+            self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     async def create_datagram_endpoint(
@@ -315,7 +353,10 @@ class DatagramMethods:
     ):
         """Create a datagram connection: (transport, protocol)."""
         if sock is not None:
-            if sock.type != socket.SOCK_DGRAM:
+            if _TAKES_ANY_NON_STREAM_SOCKET:
+                if sock.type == socket.SOCK_STREAM:
+                    raise ValueError(f"A datagram socket was expected, got {sock!r}")
+            elif sock.type != socket.SOCK_DGRAM:
                 raise ValueError(f"A UDP Socket was expected, got {sock!r}")
             if (
                 local_addr
