@@ -9,7 +9,29 @@
 //      schedule runs in the next iteration.
 //
 // The GIL is released only while libuv waits in the kernel. libuv callbacks
-// that touch Python take it back for their duration (GilFromLibuv).
+// that touch Python take it back (GilFromLibuv) and keep it until the poll
+// returns.
+//
+// Free-threaded Python (3.13t/3.14t) is NOT supported: the module does not
+// declare Py_mod_gil, so importing it re-enables the GIL there. Everything
+// above relies on the GIL serialising the loop thread and the threads that
+// call call_soon_threadsafe: they push to ready_ and read sleeping_ under it;
+// handles come from a free list that is a plain global array; hooks and
+// interned strings are process globals set once. What support would need, to
+// be built and tested on such an interpreter (none runs on our machines):
+//   - call_soon_threadsafe appends to a queue of its own under a mutex (or a
+//     lock-free MPSC list), which run_once splices into ready_ on the loop
+//     thread; sleeping_ becomes an atomic read with acquire/release order
+//     against that queue, so a wake-up is never lost;
+//   - the handle free lists become per-thread (or are dropped) and the debug
+//     counters atomic;
+//   - every other entry point checks it runs on the loop's thread (asyncio's
+//     loop is not thread-safe either; today the GIL hides races that would
+//     then be memory errors), and the Python objects the core keeps
+//     (protocols, the transports' buffers) are touched only there;
+//   - the module declares Py_mod_gil = Py_MOD_GIL_NOT_USED, and the whole
+//     suite, the sanitizer run (with TSan) and the conformance run pass on a
+//     free-threaded build.
 #pragma once
 
 #include <uv.h>

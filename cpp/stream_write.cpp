@@ -102,13 +102,15 @@ bool StreamTransport::write(PyObject* data) {
 }
 
 bool StreamTransport::writelines(PyObject* iterable) {
-  // Nothing is written unless every item is bytes-like. Python 3.11 joins the
-  // items before write() checks the state (WriteTransport.writelines); 3.12
-  // checks the state first (_SelectorSocketTransport.writelines).
-  constexpr bool kStateFirst = PY_VERSION_HEX >= 0x030C0000;
-  const char* const eof_message = kStateFirst ? "Cannot call writelines() after write_eof()"
+  // Nothing is written unless every item is bytes-like. asyncio's
+  // WriteTransport.writelines joins the items before write() checks the state
+  // (pipes on every version, sockets on 3.11); since 3.12 a socket transport
+  // checks its state first and takes the items as they are
+  // (_SelectorSocketTransport.writelines).
+  const bool state_first = PY_VERSION_HEX >= 0x030C0000 && !pipe_mode_;
+  const char* const eof_message = state_first ? "Cannot call writelines() after write_eof()"
                                               : "Cannot call write() after write_eof()";
-  const char* const waiter_message = kStateFirst ? "unable to writelines; sendfile is in progress"
+  const char* const waiter_message = state_first ? "unable to writelines; sendfile is in progress"
                                                  : "unable to write; sendfile is in progress";
   auto check_state = [&]() {
     if (eof_written_) {
@@ -121,23 +123,28 @@ bool StreamTransport::writelines(PyObject* iterable) {
     }
     return true;
   };
-  if (kStateFirst && !check_state()) return false;
+  if (state_first) {
+    if (!check_state()) return false;
+    // It returns at once for anything false (None, an empty list...).
+    const int truth = PyObject_IsTrue(iterable);
+    if (truth <= 0) return truth == 0;
+  }
   Ref items(PySequence_List(iterable));
   if (!items) return false;
   WriteViews views;
   const Py_ssize_t n = PyList_GET_SIZE(items.get());
   for (Py_ssize_t i = 0; i < n; ++i) {
     if (!views.add(PyList_GET_ITEM(items.get(), i))) {
-      // 3.11's b''.join() turns any failure to get the bytes into its
-      // TypeError; 3.12's memoryview(item) lets it through.
-      if (kStateFirst) return false;
+      // b''.join() turns any failure to get the bytes into its TypeError;
+      // memoryview(item) lets it through.
+      if (state_first) return false;
       PyErr_Clear();
       PyErr_Format(PyExc_TypeError, "sequence item %zd: expected a bytes-like object, %.80s found",
                    i, Py_TYPE(PyList_GET_ITEM(items.get(), i))->tp_name);
       return false;
     }
   }
-  if (!kStateFirst && !check_state()) return false;
+  if (!state_first && !check_state()) return false;
   if (views.total() == 0) return true;
   return send_or_queue(views.bufs(), views.size(), views.owners());
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from asyncio import base_events, constants, unix_events
+from asyncio import base_events, constants, selector_events, unix_events
 
 from . import _transports
 
@@ -23,6 +23,14 @@ _Base = base_events.BaseEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
 
 logger = logging.getLogger("asyncio")
+
+# Since 3.12 asyncio's loop refuses a socket an open transport already owns
+# when it makes another transport on it ("File descriptor ... is used by
+# transport"); read from its own code.
+_CHECKS_SOCKET_OWNER = (
+    "_ensure_fd_no_transport"
+    in selector_events.BaseSelectorEventLoop._make_socket_transport.__code__.co_names
+)
 
 
 def _unlink_if_same(path, inode):
@@ -52,11 +60,15 @@ class NetworkMethods:
     create_unix_server = _Unix.create_unix_server
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if _CHECKS_SOCKET_OWNER:
+            self._ensure_fd_no_transport(sock)
         return _transports.make_socket_transport(
             self, sock, protocol, waiter, extra=extra, server=server
         )
 
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, **kwargs):
+        if _CHECKS_SOCKET_OWNER:
+            self._ensure_fd_no_transport(rawsock)
         return _transports.make_ssl_transport(self, rawsock, protocol, sslcontext, waiter, **kwargs)
 
     async def _sendfile_native(self, transp, file, offset, count):
