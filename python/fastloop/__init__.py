@@ -44,9 +44,15 @@ def run(main, *, debug=None):
         return runner.run(main)
 
 
-# asyncio's default Unix policy under its module name: asyncio 3.14 warns when
+# asyncio's default Unix policy under its private names: asyncio 3.14 warns when
 # asyncio.DefaultEventLoopPolicy is looked up, which importing fastloop must not do.
-class _EventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):
+try:
+    _AsyncioPolicy = unix_events._UnixDefaultEventLoopPolicy
+except AttributeError:  # in case 3.14+ keeps only this name
+    _AsyncioPolicy = unix_events._DefaultEventLoopPolicy
+
+
+class _EventLoopPolicy(_AsyncioPolicy):
     """An asyncio event loop policy whose loops are fastloop loops.
 
     It derives from asyncio's own default policy, so what asyncio and its
