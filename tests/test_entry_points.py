@@ -256,3 +256,40 @@ def test_subclass_instance_patch(fastloop):
 def test_run_with_loop_factory_argument(fastloop):
     lp = asyncio.run(running_loop(), loop_factory=fastloop.new_event_loop)
     assert isinstance(lp, fastloop.Loop)
+
+
+def test_policy_names_warn_only_where_asyncio_deprecates_policies(fastloop, monkeypatch):
+    """The policy entry points warn as asyncio's policy classes do from 3.14 (policies go
+    in 3.16), and not before. 3.14 cannot run here: the switch the module reads is
+    flipped to see what it does there."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if not fastloop._POLICIES_DEPRECATED:
+            assert fastloop.EventLoopPolicy.__name__ == "EventLoopPolicy"
+            assert fastloop.install.__name__ == "install"
+    monkeypatch.setattr(fastloop, "_POLICIES_DEPRECATED", True)
+    for name in ("EventLoopPolicy", "install"):
+        with pytest.warns(DeprecationWarning, match=rf"'fastloop\.{name}' is deprecated .* 3\.16"):
+            getattr(fastloop, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        fastloop.nothing  # noqa: B018
+
+
+def test_importing_fastloop_looks_up_no_deprecated_asyncio_name():
+    """Importing fastloop (and using its policy) reaches asyncio's policy class by its
+    private name: asyncio 3.14 warns on asyncio.DefaultEventLoopPolicy, 3.12 on
+    get_child_watcher. Run in a fresh interpreter with warnings as errors."""
+    import subprocess
+
+    code = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        "import asyncio, fastloop\n"
+        "print(fastloop.run(asyncio.sleep(0, 'ok')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
