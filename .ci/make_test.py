@@ -147,7 +147,7 @@ def _copy(src, log, live: bool) -> None:
 
 
 def _group(pgid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process in process group `pgid`."""
+    """(pid, command line) of every live process in process group `pgid`."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -159,7 +159,7 @@ def _group(pgid: int) -> list[tuple[int, str]]:
                 cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
             continue
-        if int(fields[2]) == pgid:
+        if int(fields[2]) == pgid and fields[0] != "Z":  # a zombie has gone already
             members.append((int(entry), cmdline))
     return members
 
@@ -179,27 +179,28 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
     if pytests:
         time.sleep(DUMP_WAIT)
-    for sig, wait in ((signal.SIGTERM, TERM_WAIT), (signal.SIGKILL, 5)):
+    # SIGTERM, then time for everyone in the group to go: ninja, for one, stops
+    # the compilers it started in process groups of their own.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    # Whatever is left of the group (make has gone) dies too.
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+            proc.wait()
+            return
+        deadline = time.monotonic() + TERM_WAIT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group(pgid):
+                return
+            time.sleep(0.2)
 
 
 _PYTEST = re.compile(
     r"((?:\d+ (?:passed|failed|errors?|skipped|deselected|xfailed|xpassed|warnings?)"
     r"(?:, )?)+) in [\d.]+s"
 )
+
+
+_CONFORMANCE = re.compile(r"conformance: \w+ in \d+s \(Python [^;]*; (.*)\)$")
 
 
 def _result(kind: str, output: str) -> str:
@@ -213,8 +214,9 @@ def _result(kind: str, output: str) -> str:
             text += "; " + (lsan[-1].split(" in ")[0] if lsan else "no leak check")
         return text
     if kind == "conformance":
-        found = [ln for ln in lines if ln.startswith("conformance: ") and " in " in ln]
-        return found[-1][len("conformance: ") :] if found else "no conformance summary"
+        # "conformance: OK in 58s (Python 3.11.7; asyncio 1672 passed; fastloop ...)"
+        found = [m for m in map(_CONFORMANCE.match, lines) if m]
+        return found[-1][1] if found else "no conformance summary"
     return ""
 
 
@@ -313,7 +315,7 @@ def main(argv=None) -> int:
     say("\n==== make test: phases")
     for phase in phases:
         say(phase.line())
-    say("\n==== make test: per Python version (pytest | conformance | time of its phases)")
+    say("\n==== make test: per Python version (pytest | conformance | its phases' time)")
     for v in versions + ([main_version] if main_version not in versions else []):
         if v in skipped:
             say(f"{v:<8}SKIPPED: {skipped[v]}")
@@ -324,10 +326,13 @@ def main(argv=None) -> int:
         cells = []
         for kind in ("pytest", "conformance"):
             ph = next(x for x in mine if x.kind == kind)
-            detail = ph.why if ph.status == "not run" else ph.result
-            cells.append(f"{kind} {ph.status}: {detail}")
+            if ph.status == "not run":
+                cells.append(f"{kind} not run: {ph.why}")
+            else:
+                detail = "; ".join(filter(None, (ph.why, ph.result)))
+                cells.append(f"{kind} {ph.status}: {detail} ({ph.secs:.0f} s)")
         spent = sum(ph.secs for ph in mine)
-        say(f"{full[v]:<8}" + " | ".join(cells) + f" | {_minsec(spent)}")
+        say(f"{full[v]:<8}" + " | ".join(cells) + f" | {_minsec(spent)} in all")
     ok = all(ph.status == "ok" for ph in phases)
     say(f"\nmake test: {'OK' if ok else 'FAILED'} in {_minsec(wall)}")
     return 0 if ok else 1
