@@ -5,8 +5,13 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SRCS   := $(shell find cpp python -type f) CMakeLists.txt pyproject.toml
+# The Python versions fastloop supports (pyproject.toml says the same). `make
+# test` tests each one it finds (.ci/find_python): $(PYTHON) in .venv, with
+# lint and the sanitizer run; each other one in a venv of its own, .venv-3.12...
+PY_VERSIONS := 3.11 3.12 3.13
 
-.PHONY: all test bench conformance build sysdeps venv format lint clean sanitize
+.PHONY: all test bench conformance build sysdeps venv format lint clean sanitize \
+	sanitize-build pytest
 
 all: build
 
@@ -27,7 +32,7 @@ $(VENV)/.sysdeps: Makefile
 	@mkdir -p $(VENV) && touch $@
 sysdeps: $(VENV)/.sysdeps
 
-$(VENV)/.venv-ok: requirements-dev.txt | $(VENV)/.sysdeps
+$(VENV)/.venv-ok: requirements-dev.txt requirements-test.txt | $(VENV)/.sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
@@ -41,15 +46,46 @@ $(VENV)/.build-ok: $(VENV)/.venv-ok $(SRCS)
 	@touch $@
 build: $(VENV)/.build-ok
 
-# Lint, the suite on the release build, again on the ASan+UBSan debug build
-# (which adds the core's counters and fault injection), then CPython's asyncio tests.
-test: build lint
-	$(VPY) -m pytest -q tests
-	$(MAKE) sanitize
-	$(VPY) -m tests.conformance --loop both
+# Every phase on every supported Python found, each with a time limit, then
+# one line per version (.ci/make_test.py): first the builds and lint, two at a
+# time (nothing timing-sensitive runs then), then one after the other the suite
+# on the release build, again on the ASan+UBSan debug build (which adds the
+# core's counters and fault injection) and CPython's asyncio tests on $(PYTHON),
+# then the suite and CPython's asyncio tests on each other version.
+test: | $(VENV)/.sysdeps
+	$(PYTHON) .ci/make_test.py --make "$(MAKE)" --versions "$(PY_VERSIONS)"
+
+# PYTEST_ARGS: e.g. make pytest-3.12 PYTEST_ARGS="-k unix -x"
+PYTEST_ARGS ?=
+pytest: build
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 conformance: build
 	$(VPY) -m tests.conformance --loop both
+
+# The same for another Python: `make pytest-3.12`, `make conformance-3.13`...
+# .venv-3.12 gets what the tests need (requirements-test.txt); the build
+# directory is build/<wheel tag>, one per Python, so the builds do not collide.
+.venv-%/.venv-ok: requirements-test.txt | $(VENV)/.sysdeps
+	@py="$$(.ci/find_python $*)" || { echo "fastloop: no usable Python $* (.ci/find_python $*)"; exit 1; }; \
+	  echo "$$py -m venv .venv-$*"; "$$py" -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q -r requirements-test.txt
+	@touch $@
+venv-%: .venv-%/.venv-ok ;
+
+.venv-%/.build-ok: .venv-%/.venv-ok $(SRCS)
+	FASTLOOP_WERROR=ON .venv-$*/bin/python -m pip install -q --no-build-isolation --no-deps .
+	@touch $@
+build-%: .venv-%/.build-ok ;
+# (made through pattern rules only: without this make would delete them)
+.PRECIOUS: .venv-%/.venv-ok .venv-%/.build-ok
+
+pytest-%: .venv-%/.build-ok
+	.venv-$*/bin/python -m pytest -q $(PYTEST_ARGS) tests
+
+conformance-%: .venv-%/.build-ok
+	.venv-$*/bin/python -m tests.conformance --loop both
 
 bench: build
 	$(VPY) -m bench
@@ -70,13 +106,19 @@ bench: build
 SAN_DIR  := build/sanitize
 LSAN_DIR := $(abspath $(SAN_DIR))/lsan
 LSAN_BY_MODULE ?= 0
-sanitize: $(VENV)/.venv-ok $(SRCS)
+sanitize-build: $(VENV)/.venv-ok $(SRCS)
 	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFASTLOOP_WERROR=ON \
 	  -DFASTLOOP_SANITIZE=address,undefined -DFASTLOOP_DEBUG=ON -DPython_EXECUTABLE=$(abspath $(VPY)) \
 	  -Dpybind11_DIR=$$($(VPY) -m pybind11 --cmakedir) > /dev/null
 	cmake --build $(SAN_DIR)
 	rm -rf $(SAN_DIR)/pkg && mkdir -p $(SAN_DIR)/pkg && cp -r python/fastloop $(SAN_DIR)/pkg/
 	cp $(SAN_DIR)/_core*.so $(SAN_DIR)/pkg/fastloop/
+
+# Only the fastloop half of each test runs here: the asyncio half ("[asyncio"
+# ids) runs no fastloop code (checked: none of them makes a fastloop loop), so
+# on this build it would only repeat the release run, at ASan's pace.
+SAN_PYTEST_ARGS ?= -k "not [asyncio"
+sanitize: sanitize-build
 	rm -rf $(LSAN_DIR) && mkdir -p $(LSAN_DIR)
 	ASAN_OPTIONS=detect_leaks=1:exitcode=23:log_path=$(LSAN_DIR)/log:log_exe_name=1 \
 	  LSAN_OPTIONS=suppressions=$(abspath tools/lsan_other_programs.supp):print_suppressions=0 \
@@ -84,14 +126,16 @@ sanitize: $(VENV)/.venv-ok $(SRCS)
 	  FASTLOOP_LSAN_DIR=$(LSAN_DIR) FASTLOOP_LSAN_BY_MODULE=$(LSAN_BY_MODULE) \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  PYTHONPATH=$(abspath $(SAN_DIR)/pkg):$(abspath tools) \
-	  $(VPY) -m pytest -q -p no:randomly -p lsan_plugin tests; \
+	  $(VPY) -m pytest -q -p no:randomly -p lsan_plugin $(SAN_PYTEST_ARGS) tests; \
 	$(VPY) tools/lsan_check.py $(LSAN_DIR) --pytest-rc $$? --suppressions tools/lsan_suppressions.txt
 
 CPP_FILES := $(wildcard cpp/*.cpp cpp/*.hpp cpp/bindings/*.cpp cpp/bindings/*.hpp)
 
+PY_LINTED := python tests bench tools .ci/make_test.py
+
 format:
 	clang-format -i $(CPP_FILES)
-	$(VPY) -m ruff format python tests bench tools
+	$(VPY) -m ruff format $(PY_LINTED)
 
 # clang-tidy (.clang-tidy) needs a compilation database: build/lint is a CMake
 # configuration made for it alone (FASTLOOP_DEBUG, so the debug-only code is
@@ -105,10 +149,10 @@ $(LINT_DIR)/.tidy-ok: $(VENV)/.venv-ok $(CPP_FILES) .clang-tidy CMakeLists.txt t
 	@touch $@
 
 lint: $(VENV)/.venv-ok
-	$(VPY) -m ruff check python tests bench tools
-	$(VPY) -m ruff format --check python tests bench tools
+	$(VPY) -m ruff check $(PY_LINTED)
+	$(VPY) -m ruff format --check $(PY_LINTED)
 	clang-format --dry-run --Werror $(CPP_FILES)
 	@$(MAKE) --no-print-directory $(LINT_DIR)/.tidy-ok
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) $(addprefix .venv-,$(PY_VERSIONS))

@@ -79,6 +79,9 @@ class EventResult(unittest.TestResult):
 
     def startTest(self, test):
         super().startTest(test)
+        self._begin(test)
+
+    def _begin(self, test):
         self._current = test
         self._reset()
         self._started = time.monotonic()
@@ -87,7 +90,15 @@ class EventResult(unittest.TestResult):
         sys.stderr.flush()
         self._emit({"ev": "start", "id": test.id(), "log_at": os.fstat(2).st_size})
 
+    def _begin_skipped(self, test):
+        # CPython 3.12 skips a skipped test (its class or method decorated) with
+        # addSkip and stopTest but no startTest (3.11 and 3.13 call all three):
+        # the test starts here then, or its skip would look like a fixture's.
+        if self._current is not test and not isinstance(test, unittest.suite._ErrorHolder):
+            self._begin(test)
+
     def stopTest(self, test):
+        self._begin_skipped(test)
         super().stopTest(test)
         on_loop = loops.created != self._loops_seen
         self._loops_seen = loops.created
@@ -113,6 +124,7 @@ class EventResult(unittest.TestResult):
         self._err(test, err, "fail")
 
     def addSkip(self, test, reason):
+        self._begin_skipped(test)
         super().addSkip(test, reason)
         self._record(test, "skip", str(reason)[:300])
 

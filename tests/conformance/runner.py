@@ -6,6 +6,7 @@ See README.md in this directory.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import signal
@@ -18,7 +19,13 @@ from pathlib import Path
 
 from tests.conformance import loops
 from tests.conformance.supervise import BAD, ModuleRun, run_module, stop_all
-from tests.conformance.verdict import EXPECTED_FAILURES, Verdict, judge, load_expected
+from tests.conformance.verdict import (
+    EXPECTED_FAILURES,
+    Verdict,
+    current_version,
+    judge,
+    load_expected,
+)
 
 MODULES = (
     "test_futures",
@@ -45,6 +52,9 @@ MODULES = (
     "test_transports",
     # processes (issue 4)
     "test_subprocess",
+    # in newer Pythons' suites only: run where the running Python has them
+    "test_eager_task_factory",  # 3.12+
+    "test_staggered",  # 3.13+
 )
 # Slowest first, so the two workers finish together (seconds on asyncio).
 _COST = {
@@ -71,7 +81,9 @@ def parse_args(argv):
         "when asyncio is in the list it is the reference for the others",
     )
     p.add_argument(
-        "--modules", default=",".join(MODULES), help="comma list of test_asyncio modules"
+        "--modules",
+        help="comma list of test_asyncio modules (default: every module of the list in "
+        "runner.py that the running Python's test.test_asyncio has)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per test (default 30)")
     p.add_argument("-k", action="append", default=[], help="run tests whose id contains this")
@@ -93,11 +105,26 @@ def parse_args(argv):
         if name not in loops.LOOPS:
             p.error(f"unknown loop {name!r}; expected one of {', '.join(loops.LOOPS)} or both")
     args.loops = list(dict.fromkeys(names))
-    names = [
-        m if m.startswith("test_") or "." in m else f"test_{m}" for m in args.modules.split(",")
-    ]
-    args.module_list = list(dict.fromkeys(names))
+    if args.modules is None:
+        args.module_list = [m for m in MODULES if _exists(m)]
+        args.absent = [m for m in MODULES if m not in args.module_list]
+    else:
+        names = [
+            m if m.startswith("test_") or "." in m else f"test_{m}" for m in args.modules.split(",")
+        ]
+        args.module_list = list(dict.fromkeys(names))
+        args.absent = []
+        for m in args.module_list:
+            if not _exists(m):
+                p.error(f"no module {loops.qualify(m)} in Python {sys.version.split()[0]}")
     return args
+
+
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(loops.qualify(module)) is not None
+    except ImportError:
+        return False
 
 
 def _table(loop: str, runs: list[ModuleRun]) -> str:
@@ -154,6 +181,29 @@ def _print_verdict(v: Verdict, reference: bool, path: Path, verbose: bool):
         print(f"FAIL: {test_id} in {path.name} is not a test of its module any more")
 
 
+def _counts(by_loop: dict[str, list[ModuleRun]], verdicts: dict[str, Verdict]) -> str:
+    """One line for the summary of make test: what passed on each loop, what did not."""
+    parts = []
+    for loop, runs in by_loop.items():
+        rows = [row for run in runs for row in run.rows()]
+        text = f"{loop} {sum(r['outcome'] == 'pass' for r in rows)} passed"
+        for outcome in ("hang", "crash"):
+            n = sum(r["outcome"] == outcome for r in rows)
+            if n:
+                text += f", {n} {outcome}"
+        v = verdicts.get(loop)
+        if v is not None:
+            listed = len(v.regressions) - len(v.unexpected)
+            if v.unexpected:
+                text += f", {len(v.unexpected)} unexpected failure(s)"
+            if listed:
+                text += f", {listed} listed"
+            if v.now_passing or v.unknown:
+                text += f", {len(v.now_passing) + len(v.unknown)} stale list entries"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def _rerun(runs: list[ModuleRun], suspects: dict[str, set[str]], opts, log_dir: str):
     """Run the suspects of each module again in a fresh child; a pass marks them flaky."""
     for _ in range(opts.reruns):
@@ -173,7 +223,7 @@ def _rerun(runs: list[ModuleRun], suspects: dict[str, set[str]], opts, log_dir: 
 def main(argv=None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        expected = load_expected(opts.expected_failures)
+        expected = load_expected(opts.expected_failures, current_version())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -204,8 +254,11 @@ def main(argv=None) -> int:
         return run
 
     print(
-        f"conformance: {', '.join(opts.loops)} x {len(opts.module_list)} modules, logs in {log_dir}"
+        f"conformance: {', '.join(opts.loops)} x {len(opts.module_list)} modules of "
+        f"Python {sys.version.split()[0]}, logs in {log_dir}"
     )
+    if opts.absent:
+        print(f"  not in this Python's test.test_asyncio: {', '.join(opts.absent)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
     try:
@@ -251,8 +304,9 @@ def main(argv=None) -> int:
                 print(f"  {row['outcome'].upper():<5} {row['id']}: {row['detail']}")
             if not tested:
                 ok = False  # Run alone, asyncio must pass its own suite.
+    verdicts = {}
     for loop in tested:
-        v = judge(loop, by_loop[loop], reference, expected, full)
+        v = verdicts[loop] = judge(loop, by_loop[loop], reference, expected, full)
         _print_verdict(v, reference is not None, opts.expected_failures, opts.verbose)
         ok = ok and v.ok
 
@@ -269,5 +323,8 @@ def main(argv=None) -> int:
         print(f"\nchildren's output kept in {log_dir}")
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
-    print(f"\nconformance: {'OK' if ok else 'FAILED'} in {wall:.0f}s")
+    print(
+        f"\nconformance: {'OK' if ok else 'FAILED'} in {wall:.0f}s "
+        f"(Python {sys.version.split()[0]}; {_counts(by_loop, verdicts)})"
+    )
     return 0 if ok else 1

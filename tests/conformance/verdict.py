@@ -1,8 +1,10 @@
-"""Compare the loop under test with asyncio and hold it to expected_failures.txt."""
+"""Compare the loop under test with asyncio and hold it to expected_failures.txt
+(the entries of its sections that apply to the running Python)."""
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,30 +13,55 @@ from tests.conformance.supervise import BAD, ModuleRun
 
 EXPECTED_FAILURES = Path(__file__).with_name("expected_failures.txt")
 _LINE = re.compile(r"^(\S+)\s+#\s*(\S.*)$")
+# A section header: "[all]" or the Python versions it applies to, "[3.12 3.13]".
+_SECTION = re.compile(r"^\[\s*(all|\d+\.\d+(?:\s+\d+\.\d+)*)\s*\]$")
 # A private name: `loop._ready`, `_asyncio`, `_default_executor`...
 _PRIVATE = re.compile(r"(?<![\w.])[\w.]*\b_[A-Za-z]\w*")
 
 
-def load_expected(path: Path) -> dict[str, str]:
-    """test id -> reason. Raises ValueError on a malformed line."""
+def current_version() -> str:
+    """The running Python as "3.12": the sections of the list that apply to this run."""
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def load_expected(path: Path, version: str | None = None) -> dict[str, str]:
+    """test id -> reason, for the tests listed for `version` (default: the running one).
+
+    The file is in sections: entries under "[all]" apply to every Python
+    version, entries under "[3.12 3.13]" to those versions only (CPython's
+    suite differs between them). Raises ValueError on a malformed line.
+    """
+    version = version or current_version()
     expected: dict[str, str] = {}
     if not path.exists():
         return expected
+    applies: bool | None = None  # None: before the first section header
     for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        section = _SECTION.match(line)
+        if section:
+            versions = section[1].split()
+            applies = versions == ["all"] or version in versions
+            continue
         m = _LINE.match(line)
         if not m:
             raise ValueError(f"{path}:{n}: expected '<test id> # <reason>', got {line!r}")
+        if applies is None:
+            raise ValueError(
+                f"{path}:{n}: an entry before the first section header ([all] or [3.12 ...])"
+            )
         test_id, reason = m[1], m[2].strip()
         if not _PRIVATE.search(reason):
             raise ValueError(
                 f"{path}:{n}: the reason must name the private asyncio internal the test "
                 f"reads (e.g. `loop._ready`); got {reason!r}"
             )
+        if not applies:
+            continue
         if test_id in expected:
-            raise ValueError(f"{path}:{n}: {test_id} is listed twice")
+            raise ValueError(f"{path}:{n}: {test_id} is listed twice for Python {version}")
         expected[test_id] = reason
     return expected
 
