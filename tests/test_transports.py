@@ -825,7 +825,13 @@ def test_write_of_4gib_or_more_sends_every_byte(loop, loop_name, method):
     all of them, not len % 2**32. bytes(n) is calloc'd zero pages: no memory is used
     until something copies it. asyncio (3.11) does copy the unsent rest: data[n:] and
     then its bytearray buffer, about 8 GiB in all, hence the memory check."""
-    need = 9 * 2**30 if loop_name == "asyncio" and sys.version_info < (3, 12) else 2**30
+    if loop_name == "asyncio" and sys.version_info < (3, 12):
+        # asyncio 3.11 takes ~30 s and ~8 GiB here (it copies what it cannot send at
+        # once, twice). make test runs this test on 3.12 and 3.13 as well, where
+        # asyncio's loop keeps memoryviews and takes ~2.5 s: the reference is checked
+        # there, fastloop on every version.
+        pytest.skip("asyncio's reference runs on 3.12+ (3.11 copies 8 GiB for it)")
+    need = 2**30
     if mem_available() < need:
         pytest.skip(f"needs {need >> 30} GiB of available memory on this loop and Python")
     counted = [0]
