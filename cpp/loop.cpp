@@ -343,18 +343,29 @@ bool Loop::run_ready_in_debug(HandleObject* h) {
   return true;
 }
 
-bool Loop::run_forever(PyObject* self) {
+bool Loop::run_forever(PyObject* self, PyObject* step) {
   self_ = self;
   thread_id_ = PyThread_get_thread_ident();
   bool ok = true;
   for (;;) {
-    if (!run_once()) {
-      ok = false;
-      break;
+    if (step == nullptr) {
+      ok = run_once();
+    } else {
+      Ref r(PyObject_CallNoArgs(step));
+      ok = static_cast<bool>(r);
     }
-    if (stopping_) break;
+    if (!ok || stopping_) break;
   }
   stopping_ = false;
+  thread_id_ = 0;
+  return ok;
+}
+
+bool Loop::run_one_iteration(PyObject* self) {
+  if (running()) return run_once();
+  self_ = self;
+  thread_id_ = PyThread_get_thread_ident();
+  const bool ok = run_once();
   thread_id_ = 0;
   return ok;
 }

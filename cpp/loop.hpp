@@ -166,7 +166,14 @@ class Loop {
   // ---- running ----
   // Runs iterations until stop(); `self` is the Python loop object. Returns
   // false with an exception set when one propagates out of a callback.
-  bool run_forever(PyObject* self);
+  // `step`, when not null, is called for each iteration instead of the
+  // native one: a _run_once the program replaced, as asyncio's run_forever
+  // calls self._run_once().
+  bool run_forever(PyObject* self, PyObject* step = nullptr);
+  // One iteration, as BaseEventLoop._run_once: what the default _run_once
+  // does, inside run_forever or on its own (then the loop counts as running
+  // for the duration, as callbacks expect).
+  bool run_one_iteration(PyObject* self);
   void stop() noexcept { stopping_ = true; }
   // Releases every callback and closes every libuv handle, then the libuv
   // loop. Idempotent. Refused (RuntimeError, false) while the loop runs: a

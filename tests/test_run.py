@@ -528,3 +528,82 @@ def test_core_refuses_to_close_a_running_loop():
         "False",
         "True",
     ]
+
+
+# ---- _run_once: one iteration, asyncio's private hook ------------------------
+# asyncio's run_forever() calls self._run_once() for each iteration; programs and
+# tests patch it (on the instance or in a subclass) to count or wrap iterations,
+# and some drive a loop step by step with it (CPython's test_timeout_rounding).
+# fastloop runs its iterations natively and calls a _run_once that was replaced.
+
+
+def test_run_once_patched_on_the_instance_counts_iterations(loop):
+    count = 0
+    original = loop._run_once
+
+    def counting():
+        nonlocal count
+        count += 1
+        original()
+
+    loop._run_once = counting
+
+    async def main():
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await asyncio.sleep(1e-3)
+        await asyncio.sleep(1e-6)
+        return "done"
+
+    assert loop.run_until_complete(main()) == "done"
+    # The ideal count is 7 on both loops (CPython's test_timeout_rounding allows
+    # a few more where the kernel wakes a little early).
+    assert 7 <= count <= 12
+    del loop._run_once
+    before = count
+    loop.run_until_complete(main())
+    assert count == before  # the loop's own iterations again
+
+
+def test_run_once_overridden_in_a_subclass(loop_name):
+    probe = new_loop(loop_name)
+    base = type(probe)
+    probe.close()
+    seen = []
+
+    class Counting(base):
+        def _run_once(self):
+            seen.append(self.is_running())
+            super()._run_once()
+
+    lp = Counting()
+    try:
+        assert lp.run_until_complete(asyncio.sleep(0, "x")) == "x"
+        assert seen and all(seen)
+    finally:
+        lp.close()
+
+
+def test_run_once_outside_run_forever_runs_one_iteration(loop):
+    order = []
+    loop.call_soon(order.append, 1)
+    loop.call_soon(lambda: loop.call_soon(order.append, 3))
+    loop.call_soon(order.append, 2)
+    loop._run_once()
+    assert order == [1, 2]
+    assert not loop.is_running()
+    loop._run_once()
+    assert order == [1, 2, 3]
+
+
+def test_run_once_patched_exception_leaves_run_forever(loop):
+    def failing():
+        raise ZeroDivisionError
+
+    loop._run_once = failing
+    with pytest.raises(ZeroDivisionError):
+        loop.run_forever()
+    assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+    del loop._run_once
+    assert loop.run_until_complete(asyncio.sleep(0, 5)) == 5

@@ -318,10 +318,21 @@ void register_loop(py::module_& m) {
      }))
       .def(
           "_run",
-          [](py::handle self) {
-            if (!core(self).run_forever(self.ptr())) throw py::error_already_set();
+          [](py::handle self, py::handle step) {
+            PyObject* s = step.is_none() ? nullptr : step.ptr();
+            if (!core(self).run_forever(self.ptr(), s)) throw py::error_already_set();
           },
-          "Run iterations until stop() (run_forever without its Python set-up).")
+          py::arg("step") = py::none(),
+          "Run iterations until stop() (run_forever without its Python set-up);\n"
+          "step(), when given, runs each iteration instead of the native one.")
+      .def(
+          "_run_once",
+          [](py::handle self) {
+            if (!core(self).run_one_iteration(self.ptr())) throw py::error_already_set();
+          },
+          "One iteration, as asyncio's BaseEventLoop._run_once: poll for I/O\n"
+          "(blocking until the next timer or event when nothing is ready), then\n"
+          "run the callbacks ready at that moment.")
       .def("stop", [](py::handle self) { core(self).stop(); })
       .def("is_running", [](py::handle self) { return core(self).running(); })
       .def("is_closed", [](py::handle self) { return core(self).closed(); })

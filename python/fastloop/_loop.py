@@ -121,6 +121,10 @@ _core._install_hooks(
 
 _C_INT_MAX = 2**31 - 1
 
+# The native one-iteration method, to tell it from a _run_once a program
+# replaced (see run_forever).
+_NATIVE_RUN_ONCE = _core.Loop.__dict__["_run_once"].__func__
+
 
 def _c_int(fd: int) -> int:
     """An fd as the kernel takes it: what does not fit a C int is refused as
@@ -276,7 +280,10 @@ class Loop(
                 finalizer=self._asyncgen_finalizer_hook,
             )
             events._set_running_loop(self)
-            self._run()
+            # A _run_once the program replaced (on the loop or in a subclass)
+            # runs each iteration, as asyncio's run_forever calls it.
+            step = self._run_once
+            self._run(None if getattr(step, "__func__", None) is _NATIVE_RUN_ONCE else step)
         finally:
             events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
