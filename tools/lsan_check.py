@@ -101,6 +101,10 @@ def parse(path: Path) -> Report:
         elif m := re.match(r"^==[^=]*==\d+==ERROR: AddressSanitizer: (.*)", line):
             current = error_block = Block("error", m[0])
             report.errors.append(error_block)
+        elif "LeakSanitizer has encountered a fatal error" in line:
+            # LSan's own tracer crashed: this process had no leak check at all.
+            current = None
+            report.errors.append(Block("error", f"{line} (no leak check ran in this process)"))
         elif FRAME.match(line) and current is not None:
             current.frames.append(line)
         elif line.startswith("SUMMARY:") or not line.strip():
