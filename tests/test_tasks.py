@@ -553,3 +553,80 @@ def test_create_task_unknown_keyword(loop):
             loop.create_task(c, no_such_keyword=1)
     finally:
         c.close()
+
+
+# ---- what task introspection reads -------------------------------------------
+# `python -m asyncio ps PID` / `pstree PID` (3.14) read, from outside the process,
+# the C tasks each thread made and the running loop and task that _asyncio keeps
+# in the thread state; asyncio.capture_call_graph() (3.14) follows the coroutine
+# chain and each future's awaited-by links. fastloop's tasks are asyncio's C
+# tasks, stepped by _asyncio itself, and it sets the running loop through
+# _asyncio: what these tools need on every version is checked here, and the
+# call graph itself where it exists.
+
+
+def test_tasks_and_running_loop_are_kept_where_introspection_reads_them(loop):
+    import _asyncio
+
+    async def leaf(started):
+        started.set_result(asyncio.current_task())
+        await asyncio.sleep(3600)
+
+    async def middle(started):
+        await leaf(started)
+
+    async def main():
+        started = loop.create_future()
+        child = asyncio.ensure_future(middle(started))
+        leaf_task = await started
+        me = asyncio.current_task()
+        seen = {
+            "running loop": _asyncio._get_running_loop() is loop,
+            "current task is C": type(me) is _asyncio.Task,
+            "child is current there": leaf_task is child,
+            "all_tasks": {me, child} <= asyncio.all_tasks(),
+            # The chain a call graph walks: task -> coroutine -> awaited coroutine.
+            "chain": [
+                c.cr_code.co_name
+                for c in (child.get_coro(), child.get_coro().cr_await)
+                if inspect.iscoroutine(c)
+            ],
+        }
+        child.cancel()
+        await asyncio.gather(child, return_exceptions=True)
+        return seen
+
+    assert loop.run_until_complete(main()) == {
+        "running loop": True,
+        "current task is C": True,
+        "child is current there": True,
+        "all_tasks": True,
+        "chain": ["middle", "leaf"],
+    }
+    assert _asyncio._get_running_loop() is None
+
+
+@pytest.mark.skipif(
+    not hasattr(asyncio, "capture_call_graph"),
+    reason="asyncio.capture_call_graph is new in 3.14, which cannot run here (written from "
+    "CPython 3.14's Lib/asyncio/graph.py; the test above checks what it reads)",
+)
+def test_capture_call_graph_shows_who_awaits_whom(loop):
+    async def leaf(ready):
+        ready.set_result(None)
+        await asyncio.sleep(3600)
+
+    async def main():
+        ready = loop.create_future()
+        child = asyncio.ensure_future(leaf(ready))
+        await ready
+        waiter = asyncio.ensure_future(asyncio.wait_for(child, 3600))
+        await asyncio.sleep(0.01)
+        graph = asyncio.capture_call_graph(child)
+        child.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        return graph
+
+    graph = loop.run_until_complete(main())
+    assert [e.frame.f_code.co_name for e in graph.call_stack][-1:] == ["leaf"]
+    assert graph.awaited_by, "the task awaiting the child is not linked to it"
