@@ -37,6 +37,7 @@ void init_empty(HandleObject* h) noexcept {
   h->slots[0] = nullptr;
   h->cancelled = false;
   h->running = false;
+  h->context_untracked = false;
 }
 
 template <class T>
@@ -80,8 +81,17 @@ void release_callback(HandleObject* h) noexcept {
   for (Py_ssize_t i = 0; i < n; ++i) Py_DECREF(inline_args[i]);
 }
 
+// CPython's Context dealloc assumes a tracked object: the copy is tracked
+// again before this handle lets go of it.
+void track_own_context(HandleObject* h) noexcept {
+  if (!h->context_untracked) return;
+  h->context_untracked = false;
+  PyObject_GC_Track(h->context);
+}
+
 void clear_all(HandleObject* h) noexcept {
   release_callback(h);
+  track_own_context(h);
   Py_CLEAR(h->context);
   Py_CLEAR(h->loop);
   Py_CLEAR(h->source_traceback);
@@ -106,6 +116,7 @@ bool fill_handle(HandleObject* h, PyObject* loop, Loop* core, PyObject* callback
   h->nargs = nargs;
   if (context == nullptr || context == Py_None) {
     h->context = PyContext_CopyCurrent();
+    h->context_untracked = h->context != nullptr;  // a fresh copy; see finish_new
   } else {
     h->context = Py_NewRef(context);
   }
@@ -118,8 +129,19 @@ bool fill_handle(HandleObject* h, PyObject* loop, Loop* core, PyObject* callback
 }
 
 template <class T>
-T* finish_new(T* h, bool ok) noexcept {
-  PyObject_GC_Track(h);
+T* finish_new(T* h, bool ok, Tracking tracking) noexcept {
+  // fill_handle() set context_untracked for a fresh copy of the context; it
+  // becomes true only here, for a queued handle.
+  if (tracking == Tracking::kQueued && ok) {
+    if (h->context_untracked && h->core->many_pending()) {
+      PyObject_GC_UnTrack(h->context);  // only this handle holds it
+    } else {
+      h->context_untracked = false;
+    }
+  } else {
+    h->context_untracked = false;
+    PyObject_GC_Track(h);
+  }
   if (!ok) {
     Py_DECREF(h);
     return nullptr;
@@ -132,7 +154,13 @@ T* finish_new(T* h, bool ok) noexcept {
 int handle_traverse(PyObject* self, visitproc visit, void* arg) {
   auto* h = reinterpret_cast<HandleObject*>(self);
   Py_VISIT(h->callback);
-  Py_VISIT(h->context);
+  if (h->context_untracked) {
+    // What the untracked copy holds, on its behalf (this is its only holder
+    // that the collector is told about).
+    if (const int r = Py_TYPE(h->context)->tp_traverse(h->context, visit, arg); r != 0) return r;
+  } else {
+    Py_VISIT(h->context);
+  }
   Py_VISIT(h->loop);
   Py_VISIT(h->args_tuple);
   Py_VISIT(h->source_traceback);
@@ -233,10 +261,10 @@ int handle_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   clear_all(h);  // __init__ called again: start from empty
   h->cancelled = false;
   if (timer) reinterpret_cast<TimerHandleObject*>(h)->when = deadline;
-  return fill_handle(h, loop, core, callback, &PyTuple_GET_ITEM(seq.get(), 0),
-                     PyTuple_GET_SIZE(seq.get()), context)
-             ? 0
-             : -1;
+  const bool ok = fill_handle(h, loop, core, callback, &PyTuple_GET_ITEM(seq.get(), 0),
+                              PyTuple_GET_SIZE(seq.get()), context);
+  h->context_untracked = false;  // the copy stays tracked (see finish_new)
+  return ok ? 0 : -1;
 }
 
 PyObject* handle_cancel_meth(PyObject* self, PyObject* /*unused*/) {
@@ -454,20 +482,33 @@ bool deadline_of(PyObject* when, double* out) noexcept {
 }
 
 HandleObject* new_handle(PyObject* loop, Loop* core, PyObject* callback, PyObject* const* args,
-                         Py_ssize_t nargs, PyObject* context) noexcept {
+                         Py_ssize_t nargs, PyObject* context, Tracking tracking) noexcept {
   HandleObject* h = alloc_from(&HandleType, g_free_handles, g_free_handles_n);
   if (h == nullptr) return nullptr;
-  return finish_new(h, fill_handle(h, loop, core, callback, args, nargs, context));
+  return finish_new(h, fill_handle(h, loop, core, callback, args, nargs, context), tracking);
 }
 
 TimerHandleObject* new_timer_handle(PyObject* loop, Loop* core, double when, PyObject* callback,
-                                    PyObject* const* args, Py_ssize_t nargs,
-                                    PyObject* context) noexcept {
+                                    PyObject* const* args, Py_ssize_t nargs, PyObject* context,
+                                    Tracking tracking) noexcept {
   TimerHandleObject* h = alloc_from(&TimerHandleType, g_free_timers, g_free_timers_n);
   if (h == nullptr) return nullptr;
   h->when = when;
   h->scheduled = false;
-  return finish_new(h, fill_handle(h, loop, core, callback, args, nargs, context));
+  return finish_new(h, fill_handle(h, loop, core, callback, args, nargs, context), tracking);
+}
+
+void track_handle(HandleObject* h) noexcept {
+  auto* obj = reinterpret_cast<PyObject*>(h);
+  if (PyObject_GC_IsTracked(obj) != 0) return;
+  track_own_context(h);
+  PyObject_GC_Track(obj);
+}
+
+int visit_queued(HandleObject* h, visitproc visit, void* arg) noexcept {
+  auto* obj = reinterpret_cast<PyObject*>(h);
+  if (PyObject_GC_IsTracked(obj) != 0) return visit(obj, arg);
+  return handle_traverse(obj, visit, arg);
 }
 
 void cancel_handle(HandleObject* h) noexcept {

@@ -190,7 +190,7 @@ bool Loop::check_thread() const noexcept {
 
 bool Loop::call_soon(PyObject* py_loop, PyObject* callback, PyObject* const* args,
                      Py_ssize_t nargs) {
-  HandleObject* h = new_handle(py_loop, this, callback, args, nargs, nullptr);
+  HandleObject* h = new_handle(py_loop, this, callback, args, nargs, nullptr, Tracking::kQueued);
   if (h == nullptr) return false;
   push_ready(h);
   Py_DECREF(h);
@@ -298,7 +298,7 @@ bool Loop::run_once() {
     while (!timers_.empty() && timers_.earliest() <= end) {
       TimerHandleObject* t = timers_.pop();
       if (t->cancelled) {
-        Py_DECREF(t);
+        release_queued(t);
       } else {
         ready_.push(t);  // the heap's reference moves to the ready queue
       }
@@ -315,11 +315,11 @@ bool Loop::run_once() {
   for (size_t ntodo = ready_now; ntodo > 0; --ntodo) {
     HandleObject* h = ready_.pop();
     if (h->cancelled) {
-      Py_DECREF(h);
+      release_queued(h);
       continue;
     }
     const bool ok = debug_ ? run_ready_in_debug(h) : run_handle(h);
-    Py_DECREF(h);
+    release_queued(h);
     if (!ok) return false;
   }
   return true;
@@ -416,21 +416,24 @@ void Loop::clear_references() noexcept {
   // drain until empty.
   for (HandleObject* h : scheduled_while_polling_) ready_.push(h);
   scheduled_while_polling_.clear();
-  while (!ready_.empty()) Py_DECREF(ready_.pop());
+  while (!ready_.empty()) release_queued(ready_.pop());
   timers_.clear();
   watchers_.close_all();
-  while (!ready_.empty()) Py_DECREF(ready_.pop());
+  while (!ready_.empty()) release_queued(ready_.pop());
   Py_CLEAR(deferred_exc_);
   Py_CLEAR(task_factory_);
 }
 
 int Loop::traverse(visitproc visit, void* arg) const {
   int r = 0;
+  // Handles the loop made untracked are visited through (handles.hpp, Tracking).
   ready_.for_each([&](HandleObject* h) {
-    if (r == 0) r = visit(reinterpret_cast<PyObject*>(h), arg);
+    if (r == 0) r = visit_queued(h, visit, arg);
   });
   if (r != 0) return r;
-  for (HandleObject* h : scheduled_while_polling_) Py_VISIT(h);
+  for (HandleObject* h : scheduled_while_polling_) {
+    if ((r = visit_queued(h, visit, arg)) != 0) return r;
+  }
   if ((r = timers_.traverse(visit, arg)) != 0) return r;
   if ((r = watchers_.traverse(visit, arg)) != 0) return r;
   Py_VISIT(task_factory_);

@@ -41,7 +41,7 @@ void TimerHeap::drop_cancelled_top() noexcept {
   while (!heap_.empty() && heap_.front().handle->cancelled) {
     // The DECREF may run Python code that pushes a timer; pop() left the
     // heap consistent before it.
-    Py_DECREF(pop());
+    release_queued(pop());
   }
 }
 
@@ -59,7 +59,7 @@ void TimerHeap::compact() noexcept {
   heap_.erase(live_end, heap_.end());
   std::make_heap(heap_.begin(), heap_.end(), later);
   cancelled_ = 0;
-  for (TimerHandleObject* h : dropped) Py_DECREF(h);
+  for (TimerHandleObject* h : dropped) release_queued(h);
 }
 
 void TimerHeap::clear() noexcept {
@@ -69,13 +69,15 @@ void TimerHeap::clear() noexcept {
     cancelled_ = 0;
     for (const Entry& e : old) {
       e.handle->scheduled = false;
-      Py_DECREF(e.handle);
+      release_queued(e.handle);
     }
   }
 }
 
 int TimerHeap::traverse(visitproc visit, void* arg) const {
-  for (const Entry& e : heap_) Py_VISIT(e.handle);
+  for (const Entry& e : heap_) {
+    if (const int r = visit_queued(e.handle, visit, arg); r != 0) return r;
+  }
   return 0;
 }
 

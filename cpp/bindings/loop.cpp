@@ -68,7 +68,8 @@ PyObject* schedule_timer(PyObject* self, Loop* loop, double when, PyObject* cons
   if (!loop->check_open()) return nullptr;
   if (loop->debug() && !loop->check_thread()) return nullptr;
   if (!check_callback(args[0], method)) return nullptr;
-  TimerHandleObject* h = new_timer_handle(self, loop, when, args[0], args + 1, nargs - 1, context);
+  TimerHandleObject* h =
+      new_timer_handle(self, loop, when, args[0], args + 1, nargs - 1, context, Tracking::kQueued);
   if (h == nullptr) return nullptr;
   loop->push_timer(h);
   return reinterpret_cast<PyObject*>(h);
@@ -87,7 +88,8 @@ PyObject* loop_call_soon(PyObject* self, PyObject* const* args, Py_ssize_t nargs
   if (!loop->check_open()) return nullptr;
   if (loop->debug() && !loop->check_thread()) return nullptr;
   if (!check_callback(args[0], "call_soon")) return nullptr;
-  HandleObject* h = new_handle(self, loop, args[0], args + 1, nargs - 1, context);
+  HandleObject* h =
+      new_handle(self, loop, args[0], args + 1, nargs - 1, context, Tracking::kQueued);
   if (h == nullptr) return nullptr;
   loop->push_ready(h);
   return reinterpret_cast<PyObject*>(h);
@@ -104,7 +106,8 @@ PyObject* loop_call_soon_threadsafe(PyObject* self, PyObject* const* args, Py_ss
   if (!loop->check_open()) return nullptr;
   // asyncio checks the callback here only in debug mode.
   if (loop->debug() && !check_callback(args[0], "call_soon_threadsafe")) return nullptr;
-  HandleObject* h = new_handle(self, loop, args[0], args + 1, nargs - 1, context);
+  HandleObject* h =
+      new_handle(self, loop, args[0], args + 1, nargs - 1, context, Tracking::kQueued);
   if (h == nullptr) return nullptr;
   loop->push_ready_now(h);
   loop->wake_up();
@@ -349,6 +352,8 @@ void register_loop(py::module_& m) {
               throw py::type_error("a fastloop Handle was expected");
             }
             auto* h = reinterpret_cast<HandleObject*>(handle.ptr());
+            // It may already be in a queue: only a tracked handle may be in two.
+            track_handle(h);
             if (!h->cancelled) core(self).push_ready_now(h);
           },
           "Queue an existing handle, as asyncio's _add_callback.")
