@@ -276,6 +276,13 @@ bool Loop::has_io_sources() const noexcept {
 }
 
 bool Loop::run_once() {
+  iterating_ = true;
+  const bool ok = run_iteration();
+  iterating_ = false;
+  return ok;
+}
+
+bool Loop::run_iteration() {
   timers_.drop_cancelled_top();
   if (ready_.empty() && !stopping_) {
     poll_io(true);
@@ -362,6 +369,15 @@ bool Loop::run_forever(PyObject* self, PyObject* step) {
 }
 
 bool Loop::run_one_iteration(PyObject* self) {
+  // asyncio's _run_once checks nothing; here a misuse would free or race the
+  // loop's queues and libuv state, so each is refused as asyncio refuses
+  // similar calls elsewhere.
+  if (!check_open() || !check_thread()) return false;
+  if (iterating_) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "Cannot run an iteration of the event loop from one of its callbacks");
+    return false;
+  }
   if (running()) return run_once();
   self_ = self;
   thread_id_ = PyThread_get_thread_ident();

@@ -212,7 +212,9 @@ class Loop {
 
  private:
   friend class GilFromLibuv;
+  // One iteration; run_once() marks it in progress (iterating_).
   bool run_once();
+  bool run_iteration();
   // Could a poll deliver anything: an fd watcher, a transport, a request?
   bool has_io_sources() const noexcept;
   void detach_from_parent() noexcept;
@@ -243,6 +245,7 @@ class Loop {
   bool debug_ = false;
   bool sleeping_ = false;  // in a blocking poll; read and written with the GIL held
   bool polling_ = false;   // inside uv_run: libuv may be running protocol callbacks
+  bool iterating_ = false;  // inside run_once(): its callbacks may not run another
   uint64_t poll_count_ = 0;
   bool uv_open_ = false;
 };

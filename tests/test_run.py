@@ -3,6 +3,7 @@ bookkeeping, misuse errors, and KeyboardInterrupt / SystemExit out of a callback
 
 import asyncio
 import gc
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import threading
 import pytest
 
 from .conftest import new_loop, run_briefly
+from .netutil import child_stdout, run_child
 
 CLOSED = "Event loop is closed"
 
@@ -607,3 +609,82 @@ def test_run_once_patched_exception_leaves_run_forever(loop):
     assert asyncio._get_running_loop() is None
     del loop._run_once
     assert loop.run_until_complete(asyncio.sleep(0, 5)) == 5
+
+
+RUN_ONCE_MISUSE_CHILD = r"""
+import asyncio, json, threading
+out = {}
+
+lp = new_loop()
+lp.close()
+try:
+    lp._run_once()
+except Exception as exc:
+    out["closed"] = [type(exc).__name__, str(exc)]
+
+lp = new_loop()
+got = []
+
+def nested():
+    try:
+        lp._run_once()
+    except RuntimeError as exc:
+        got.append(["RuntimeError", str(exc)])
+
+for n in range(3):
+    lp.call_soon(got.append, n)
+lp.call_soon(nested)
+lp.call_soon(got.append, "after")
+try:
+    lp.run_until_complete(asyncio.sleep(0.01))
+except Exception as exc:
+    got.append(["out of the loop", type(exc).__name__])
+out["nested"] = got
+lp.close()
+
+lp = new_loop()
+other = []
+
+def from_another_thread():
+    try:
+        lp._run_once()
+    except RuntimeError as exc:
+        other.append(str(exc))
+    lp.call_soon_threadsafe(lp.stop)
+
+lp.call_soon(threading.Thread(target=from_another_thread).start)
+lp.call_later(2, lp.stop)
+lp.run_forever()
+out["other thread"] = other
+lp.close()
+print(json.dumps(out))
+"""
+
+
+def test_run_once_misuse_raises_instead_of_crashing(loop_name):
+    # fastloop crashed (SIGSEGV) on _run_once() of a closed loop and on one called
+    # from a callback of the running loop, and would race the loop's thread when
+    # called from another. asyncio's private method checks nothing: a closed loop
+    # fails on its missing selector, a nested call runs the queue and then makes
+    # its own iteration pop from an empty queue (IndexError out of the loop), and
+    # another thread's call may block in select() (so it is not tried on asyncio).
+    # fastloop raises asyncio's usual RuntimeErrors and the loop carries on.
+    script = RUN_ONCE_MISUSE_CHILD
+    if loop_name == "asyncio":
+        script = script.replace("lp.call_soon(threading.Thread", "# lp.call_soon(threading.Thread")
+    out = run_child(loop_name, script, timeout=30)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(child_stdout(out))
+    if loop_name == "asyncio":
+        assert result["closed"][0] == "AttributeError"
+        assert result["nested"][-1] == ["out of the loop", "IndexError"]
+        return
+    assert result == {
+        "closed": ["RuntimeError", "Event loop is closed"],
+        "nested": [0, 1, 2, ["RuntimeError", NESTED_RUN_ONCE], "after"],
+        "other thread": [OTHER_THREAD],
+    }
+
+
+NESTED_RUN_ONCE = "Cannot run an iteration of the event loop from one of its callbacks"
+OTHER_THREAD = "Non-thread-safe operation invoked on an event loop other than the current one"
