@@ -484,18 +484,20 @@ def test_eager_task_factory(loop):
     assert loop.run_until_complete(main()) == 1
 
 
+async def started_then_resumed(out, result):
+    """Notes "started", yields to the loop once, notes "resumed", returns `result`."""
+    out.append("started")
+    await asyncio.sleep(0)
+    out.append("resumed")
+    return result
+
+
 @needs_312
 def test_eager_start_task(loop):
     out = []
 
-    async def coro():
-        out.append("started")
-        await asyncio.sleep(0)
-        out.append("resumed")
-        return 2
-
     async def main():
-        task = asyncio.Task(coro(), loop=loop, eager_start=True)
+        task = asyncio.Task(started_then_resumed(out, 2), loop=loop, eager_start=True)
         assert out == ["started"]
         assert not task.done()
         return await task
@@ -518,14 +520,8 @@ ASYNCIO_CREATE_TASK_PASSES_KEYWORDS = any(
 def test_create_task_eager_start(loop, eager_start):
     out = []
 
-    async def coro():
-        out.append("started")
-        await asyncio.sleep(0)
-        out.append("resumed")
-        return 3
-
     async def main():
-        c = coro()
+        c = started_then_resumed(out, 3)
         if not ASYNCIO_CREATE_TASK_PASSES_KEYWORDS:
             with pytest.raises(TypeError):
                 loop.create_task(c, eager_start=eager_start)

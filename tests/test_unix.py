@@ -202,12 +202,18 @@ def test_unix_connection_with_sock(loop, path):
     assert run(loop, main()) == (b"via sock", -1)
 
 
+async def echo_server_on_bound_socket(loop, path):
+    """An echo server made by create_unix_server(sock=) on a socket bound to `path`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    srv = ProtocolServer(EchoServerProtocol)
+    srv.server = await loop.create_unix_server(srv.factory, sock=sock)
+    return srv, sock
+
+
 def test_unix_server_with_sock(loop, path):
     async def main():
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        srv = ProtocolServer(EchoServerProtocol)
-        srv.server = await loop.create_unix_server(srv.factory, sock=sock)
+        srv, sock = await echo_server_on_bound_socket(loop, path)
         async with srv:
             assert srv.server.sockets[0].getsockname() == path
             await unix_roundtrip(path)
@@ -341,10 +347,7 @@ def test_unix_server_cleanup_socket_false(loop, path):
 
 def test_unix_server_with_sock_socket_file_after_close(loop, path):
     async def main():
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        srv = ProtocolServer(EchoServerProtocol)
-        srv.server = await loop.create_unix_server(srv.factory, sock=sock)
+        srv, sock = await echo_server_on_bound_socket(loop, path)
         async with srv:
             await unix_roundtrip(path)
         return sock.fileno(), os.path.exists(path)
