@@ -243,8 +243,8 @@ class Loop {
   bool forked_ = false;  // see after_fork()
   bool stopping_ = false;
   bool debug_ = false;
-  bool sleeping_ = false;  // in a blocking poll; read and written with the GIL held
-  bool polling_ = false;   // inside uv_run: libuv may be running protocol callbacks
+  bool sleeping_ = false;   // in a blocking poll; read and written with the GIL held
+  bool polling_ = false;    // inside uv_run: libuv may be running protocol callbacks
   bool iterating_ = false;  // inside run_once(): its callbacks may not run another
   uint64_t poll_count_ = 0;
   bool uv_open_ = false;
