@@ -351,6 +351,13 @@ bool Loop::run_ready_in_debug(HandleObject* h) {
 }
 
 bool Loop::run_forever(PyObject* self, PyObject* step) {
+  // fastloop.Loop.run_forever checks both first; the core's own entry must
+  // not free or re-enter its state either.
+  if (!check_open()) return false;
+  if (running()) {
+    PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
+    return false;
+  }
   self_ = self;
   thread_id_ = PyThread_get_thread_ident();
   bool ok = true;

@@ -688,3 +688,41 @@ def test_run_once_misuse_raises_instead_of_crashing(loop_name):
 
 NESTED_RUN_ONCE = "Cannot run an iteration of the event loop from one of its callbacks"
 OTHER_THREAD = "Non-thread-safe operation invoked on an event loop other than the current one"
+
+
+CORE_RUN_MISUSE_CHILD = r"""
+import json
+out = []
+lp = new_loop()
+lp.close()
+try:
+    lp._run()
+except RuntimeError as exc:
+    out.append(str(exc))
+lp = new_loop()
+
+def nested():
+    try:
+        lp._run()
+    except RuntimeError as exc:
+        out.append(str(exc))
+    lp.stop()
+
+lp.call_soon(nested)
+lp.run_forever()
+lp.close()
+print(json.dumps(out))
+"""
+
+
+def test_core_run_misuse_raises_instead_of_crashing(loop_name):
+    # Loop._run() is the core's run_forever without its Python set-up; called on a
+    # closed loop or from one of the loop's callbacks it crashed (SIGSEGV).
+    if loop_name == "asyncio":
+        pytest.skip("_run() is fastloop's own private method; asyncio's loop has none")
+    out = run_child(loop_name, CORE_RUN_MISUSE_CHILD, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(child_stdout(out)) == [
+        "Event loop is closed",
+        "This event loop is already running",
+    ]
