@@ -21,6 +21,8 @@ bool init_strings() noexcept {
   g_str.kw_loop_name_ctx = Py_BuildValue("(OOO)", g_str.loop, g_str.name, g_str.context);
   g_str.send_raised = PyUnicode_InternFromString("socket.send() raised exception.");
   g_str.data_received = PyUnicode_InternFromString("data_received");
+  g_str.datagram_received = PyUnicode_InternFromString("datagram_received");
+  g_str.error_received = PyUnicode_InternFromString("error_received");
   g_str.get_buffer = PyUnicode_InternFromString("get_buffer");
   g_str.buffer_updated = PyUnicode_InternFromString("buffer_updated");
   g_str.eof_received = PyUnicode_InternFromString("eof_received");

@@ -94,6 +94,8 @@ struct Strings {
   // Protocol and transport methods the core calls, looked up at each call
   // as asyncio does.
   PyObject* data_received;
+  PyObject* datagram_received;
+  PyObject* error_received;
   PyObject* get_buffer;
   PyObject* buffer_updated;
   PyObject* eof_received;

@@ -20,6 +20,7 @@
 
 namespace fastloop {
 
+using stream_detail::byte_limit;
 using stream_detail::call_method0;
 using stream_detail::is_exit_exception;
 using stream_detail::make_buf;
@@ -322,40 +323,6 @@ void StreamTransport::call_flow_control(PyObject* method, const char* message) {
                                Py_False));
   if (!rr) PyErr_WriteUnraisable(transport_);
 }
-
-namespace {
-
-// A write-buffer limit, already checked by asyncio's own
-// _FlowControlMixin._set_write_buffer_limits (any real number >= 0), as a
-// byte count: the buffer size is compared with it as an integer, so a
-// fraction rounds down, and what does not fit a size_t is no limit.
-bool byte_limit(PyObject* value, size_t* out) {
-  if (PyLong_Check(value)) {
-    const size_t n = PyLong_AsSize_t(value);
-    if (n == static_cast<size_t>(-1) && PyErr_Occurred()) {
-      if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return false;
-      PyErr_Clear();
-      const int negative = PyObject_RichCompareBool(value, Py_False, Py_LT);
-      if (negative < 0) return false;
-      *out = negative == 1 ? 0 : SIZE_MAX;
-      return true;
-    }
-    *out = n;
-    return true;
-  }
-  const double d = PyFloat_AsDouble(value);
-  if (d == -1.0 && PyErr_Occurred()) return false;
-  if (!(d > 0)) {
-    *out = 0;
-  } else if (d >= 18446744073709551616.0) {
-    *out = SIZE_MAX;
-  } else {
-    *out = static_cast<size_t>(d);
-  }
-  return true;
-}
-
-}  // namespace
 
 bool StreamTransport::set_write_buffer_limits(PyObject* high, PyObject* low) {
   size_t hi = 0;

@@ -172,6 +172,163 @@ def test_sendto_unconnected(loop):
     run(loop, main())
 
 
+# The forms of address and data sendto() takes. fastloop's core converts the common ones
+# itself (a dotted-quad (host, port) tuple, the tuple a datagram came with, bytes and
+# contiguous buffers) and hands the rest to the socket object, as asyncio does with all:
+# each case must end as on asyncio's loop.
+class _Port(int):
+    pass
+
+
+SENDTO_ADDRESSES = {
+    "dotted quad": lambda port: (HOST, port),
+    "host name": lambda port: ("localhost", port),
+    "port an int subclass": lambda port: (HOST, _Port(port)),
+}
+
+
+@pytest.mark.parametrize("form", sorted(SENDTO_ADDRESSES))
+def test_sendto_address_forms(loop, form):
+    async def main():
+        a_tr, a_pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+        b_tr, b_pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+        port = b_tr.get_extra_info("sockname")[1]
+        a_tr.sendto(b"hello", SENDTO_ADDRESSES[form](port))
+        await b_pr.wait_for(lambda: b_pr.datagrams)
+        assert b_pr.datagrams == [(b"hello", a_tr.get_extra_info("sockname"))]
+        await close_endpoint(a_tr, a_pr)
+        await close_endpoint(b_tr, b_pr)
+
+    run(loop, main())
+
+
+def test_reply_to_the_address_received_and_to_an_equal_one(loop):
+    """An echo server answers each datagram with the address tuple it came with (the
+    core keeps that tuple's sockaddr) and with an equal tuple made anew; many round
+    trips, every byte checked, with two clients so the remembered address changes."""
+
+    async def main():
+        srv_tr, srv_pr = await loop.create_datagram_endpoint(EchoDatagram, local_addr=(HOST, 0))
+        srv_addr = srv_tr.get_extra_info("sockname")
+        clients = [
+            await loop.create_datagram_endpoint(DatagramRecorder, remote_addr=srv_addr)
+            for _ in range(2)
+        ]
+        for i in range(200):
+            tr, pr = clients[i % 2]
+            payload = f"message {i}".encode() * (i % 7 + 1)
+            tr.sendto(payload)
+            await pr.wait_for(lambda pr=pr, i=i: len(pr.datagrams) == i // 2 + 1)
+            assert pr.datagrams[-1] == (payload, srv_addr)
+        # The same peer, its address as a new tuple: equal, not identical.
+        data, addr = srv_pr.datagrams[-1]
+        tr, pr = clients[1]
+        srv_tr.sendto(b"again", (str(addr[0]), int(addr[1])))
+        await pr.wait_for(lambda: pr.datagrams[-1][0] == b"again")
+        assert len(srv_pr.datagrams) == 200
+        for tr, pr in clients:
+            await close_endpoint(tr, pr)
+        await close_endpoint(srv_tr, srv_pr)
+
+    run(loop, main())
+
+
+def test_sendto_data_forms(loop):
+    async def main():
+        a_tr, a_pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+        b_tr, b_pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+        to = b_tr.get_extra_info("sockname")
+
+        class Bytes(bytes):
+            pass
+
+        sent = [
+            b"bytes",
+            bytearray(b"bytearray"),
+            memoryview(b"memoryview"),
+            memoryview(b"--slice--")[2:-2],
+            Bytes(b"subclass"),
+            memoryview(bytearray(b"12345678")).cast("I"),
+        ]
+        for data in sent:
+            a_tr.sendto(data, addr=to)
+        await b_pr.wait_for(lambda: len(b_pr.datagrams) == len(sent))
+        assert [d for d, _ in b_pr.datagrams] == [bytes(d) for d in sent]
+        await close_endpoint(a_tr, a_pr)
+        await close_endpoint(b_tr, b_pr)
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["port out of range", "non-contiguous data", "address not a tuple"],
+)
+def test_sendto_errors_of_the_socket_are_fatal(loop, exc_handler_calls, case):
+    """What the socket object refuses (not an OSError) is asyncio's fatal write error:
+    reported to the exception handler, then the transport closes with that error."""
+    expected = {
+        "port out of range": OverflowError,
+        "non-contiguous data": BufferError,
+        "address not a tuple": TypeError,
+    }[case]
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+        data, addr = b"x", (HOST, 9)
+        if case == "port out of range":
+            addr = (HOST, 70000)
+        elif case == "non-contiguous data":
+            data = memoryview(b"abcdef")[::2]
+        else:
+            addr = f"{HOST}:9"
+        tr.sendto(data, addr)
+        assert tr.is_closing()
+        exc = await asyncio.wait_for(pr.lost, 5)
+        assert isinstance(exc, expected)
+        return pr.events
+
+    assert run(loop, main()) == ["made", "lost"]
+    assert [type(c["exception"]) for c in exc_handler_calls] == [expected]
+    assert exc_handler_calls[0]["message"] == "Fatal write error on datagram transport"
+    exc_handler_calls.clear()
+
+
+def test_sendto_argument_errors(loop):
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
+        try:
+            with pytest.raises(TypeError):
+                tr.sendto()
+            with pytest.raises(TypeError):
+                tr.sendto(b"x", (HOST, 9), None)
+            with pytest.raises(TypeError):
+                tr.sendto(b"x", address=(HOST, 9))
+        finally:
+            await close_endpoint(tr, pr)
+
+    run(loop, main())
+
+
+def test_exception_in_error_received_is_reported(loop, exc_handler_calls):
+    class Failing(DatagramRecorder):
+        def error_received(self, exc):
+            super().error_received(exc)
+            raise RuntimeError("boom")
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(Failing, remote_addr=(HOST, free_udp_port()))
+        tr.sendto(b"anyone?")
+        await pr.wait_for(lambda: pr.errors)
+        assert not tr.is_closing()  # reported, not fatal
+        await close_endpoint(tr, pr)
+
+    run(loop, main())
+    assert [type(c["exception"]) for c in exc_handler_calls] == [RuntimeError]
+    assert exc_handler_calls[0]["message"].startswith("Exception in callback ")
+    exc_handler_calls.clear()
+
+
 def test_sendto_checks_data_type(loop):
     async def main():
         tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))

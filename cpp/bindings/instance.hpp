@@ -2,9 +2,12 @@
 // cast: for the fastcall methods added to pybind11 types, whose `self` the
 // method descriptor has already type-checked. Python subclasses of our
 // classes have one pybind11 base, so the instance layout is always simple.
+// Also what every bound transport type needs: fast methods, GC support.
 #pragma once
 
 #include <pybind11/pybind11.h>
+
+#include "pyutil.hpp"
 
 namespace fastloop {
 
@@ -23,6 +26,38 @@ inline void add_fast_methods(pybind11::handle cls, PyMethodDef* defs) {
     const int r = descr == nullptr ? -1 : PyObject_SetAttrString(cls.ptr(), def->ml_name, descr);
     Py_XDECREF(descr);
     if (r < 0) throw pybind11::error_already_set();
+  }
+}
+
+// Garbage collector support for a pybind11 type whose C++ object holds Python
+// references: a transport and its protocol, server and loop form cycles (the
+// loop keeps an open transport alive, see owner.hpp). T may have
+// clear_references() and finalize().
+template <class T>
+void enable_gc(PyHeapTypeObject* heap_type) {
+  auto* type = &heap_type->ht_type;
+  type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+  type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
+    Py_VISIT(Py_TYPE(self));
+    const T* cpp = cpp_of<T>(self);
+    return cpp != nullptr ? cpp->traverse(visit, arg) : 0;
+  };
+  type->tp_clear = [](PyObject* self) -> int {
+    T* cpp = cpp_of<T>(self);
+    if constexpr (requires(T & t) { t.clear_references(); }) {
+      if (cpp != nullptr) cpp->clear_references();
+    }
+    return 0;
+  };
+  if constexpr (requires(T & t) { t.finalize(); }) {
+    type->tp_finalize = [](PyObject* self) {
+      T* cpp = cpp_of<T>(self);
+      if (cpp == nullptr) return;
+      PyObject* pending = take_exception();  // a finalizer keeps the current exception
+      cpp->finalize();
+      if (PyErr_Occurred()) PyErr_WriteUnraisable(self);
+      if (pending != nullptr) restore_exception(pending);
+    };
   }
 }
 

@@ -20,4 +20,5 @@ PYBIND11_MODULE(_core, m) {
   fastloop::register_hooks(m);
   fastloop::register_stream(m);
   fastloop::register_spawn(m);
+  fastloop::register_udp(m);
 }

@@ -88,36 +88,6 @@ PyObject* transport_resume_reading(PyObject* self, PyObject* /*unused*/) {
   Py_RETURN_NONE;
 }
 
-// Garbage collector support: a transport and its protocol, server and loop
-// form cycles (the loop keeps an open transport alive, see owner.hpp).
-template <class T>
-void enable_gc(PyHeapTypeObject* heap_type) {
-  auto* type = &heap_type->ht_type;
-  type->tp_flags |= Py_TPFLAGS_HAVE_GC;
-  type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
-    Py_VISIT(Py_TYPE(self));
-    const T* cpp = cpp_of<T>(self);
-    return cpp != nullptr ? cpp->traverse(visit, arg) : 0;
-  };
-  type->tp_clear = [](PyObject* self) -> int {
-    T* cpp = cpp_of<T>(self);
-    if constexpr (requires(T & t) { t.clear_references(); }) {
-      if (cpp != nullptr) cpp->clear_references();
-    }
-    return 0;
-  };
-  if constexpr (requires(T & t) { t.finalize(); }) {
-    type->tp_finalize = [](PyObject* self) {
-      T* cpp = cpp_of<T>(self);
-      if (cpp == nullptr) return;
-      PyObject* pending = take_exception();  // a finalizer keeps the current exception
-      cpp->finalize();
-      if (PyErr_Occurred()) PyErr_WriteUnraisable(self);
-      if (pending != nullptr) restore_exception(pending);
-    };
-  }
-}
-
 PyMethodDef kTransportFastMethods[] = {
     {"write", as_cfunction(transport_write), METH_FASTCALL | METH_KEYWORDS,
      "write(data): send bytes-like data, buffering what cannot go out at once."},

@@ -1,13 +1,12 @@
 """Datagram endpoints: loop.create_datagram_endpoint() and its transport.
 
-The transport runs over the loop's fd watchers, in Python for now. Its
-behaviour is that of asyncio's ``_SelectorDatagramTransport`` on the running
-Python: the protocol hears connection_made, then datagram_received /
-error_received, then connection_lost, each from its own loop callback;
-sendto() tries the socket at once and queues what would block. While open,
-the transport owns its socket (``loop._transports``): add_reader & co. refuse
-its fd. Names and messages mirror ``asyncio.selector_events`` and
-``base_events``.
+The transport's data path is native (cpp/udp.*); its behaviour is that of
+asyncio's ``_SelectorDatagramTransport`` on the running Python: the protocol
+hears connection_made, then datagram_received / error_received, then
+connection_lost; sendto() tries the socket at once and queues what would
+block. While open, the transport owns its socket (``loop._transports``):
+add_reader & co. refuse its fd. Names and messages mirror
+``asyncio.selector_events`` and ``base_events``.
 
 What changed across the supported Pythons follows asyncio's own code where it
 shows (_HEADER_SIZE, _CHECKS_SOCKET_OWNER), else the version:
@@ -27,20 +26,18 @@ shows (_HEADER_SIZE, _CHECKS_SOCKET_OWNER), else the version:
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import socket
 import stat
 import sys
 import warnings
-from asyncio import constants, selector_events, transports, trsock
+from asyncio import selector_events, transports, trsock
 
-from ._transports import _set_result_unless_cancelled
+from . import _core
+from ._transports import NativeFlowControl, _set_result_unless_cancelled
 
 logger = logging.getLogger("asyncio")
-
-_RETRY = (BlockingIOError, InterruptedError)
 
 _SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
 _HEADER_SIZE = getattr(
@@ -67,13 +64,35 @@ def _set_reuseport(sock):
         )
 
 
-class DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
-    """A datagram (UDP or Unix datagram) socket as an asyncio transport."""
+class DatagramTransport(
+    NativeFlowControl, transports._FlowControlMixin, transports.DatagramTransport
+):
+    """A datagram (UDP or Unix datagram) socket as an asyncio transport.
 
-    max_size = 256 * 1024  # the largest datagram read at once
+    The native object (_core.DatagramTransport, cpp/udp.*) reads, sends,
+    queues and closes; its hot methods are bound onto the instance. This
+    class keeps what asyncio's transport keeps in Python: extra info, the
+    repr, debug-mode logging, and the socket object, closed after
+    connection_lost as asyncio's _call_connection_lost does.
+    """
+
+    max_size = 256 * 1024  # the largest datagram read at once (the core reads this much)
     _header_size = _HEADER_SIZE  # what a queued datagram counts besides its data
 
     _sock = None  # set first thing in __init__; __del__ may see an instance without it
+    _native = None
+
+    _NATIVE_METHODS = (
+        "sendto",
+        "is_closing",
+        "is_reading",
+        "get_write_buffer_size",
+        "close",
+        "abort",
+        "_force_close",
+        "set_protocol",
+        "get_protocol",
+    )
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         super().__init__(extra, loop)
@@ -87,23 +106,27 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
+        native = _core.DatagramTransport(loop)
+        native._open(
+            self,
+            sock,
+            protocol,
+            address,
+            bool(self._extra["peername"]),
+            self._header_size,
+            _SENDS_EMPTY_DATAGRAMS,
+        )
+        self._native = native
+        for name in self._NATIVE_METHODS:
+            setattr(self, name, getattr(native, name))
         self._sock = sock
         self._sock_fd = sock.fileno()
-        self._protocol = protocol
-        self._protocol_connected = True
         self._address = address  # the remote address of a "connected" endpoint
-        self._buffer = collections.deque()  # (bytes, address) waiting to be sent
-        self._buffer_size = 0
-        self._conn_lost = 0  # set when connection_lost is scheduled
-        self._closing = False  # set by close()
-        self._paused = False  # set by pause_reading()
-        self._reader_added = False
-        self._writer_added = False
 
         loop._transports[self._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
         # Reading starts only once connection_made() has run.
-        loop.call_soon(self._add_reader)
+        loop.call_soon(native._start_reading)
         if waiter is not None:
             # create_datagram_endpoint() returns after connection_made() too.
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
@@ -112,220 +135,54 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         info = [type(self).__name__]
         if self._sock is None:
             info.append("closed")
-        elif self._closing:
+        elif self.is_closing():
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
-        if self._loop is not None and not self._loop.is_closed():
-            info.append("read=polling" if self._reader_added else "read=idle")
-            state = "polling" if self._writer_added else "idle"
+        if self._loop is not None and not self._loop.is_closed() and self._native is not None:
+            info.append("read=polling" if self._native._reader_polling() else "read=idle")
+            state = "polling" if self._native._writer_polling() else "idle"
             info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            if self._native is not None:
+                self._native._stop()  # the handle lets go of the fd before it closes
             self._sock.close()
-
-    # ---- BaseTransport -----------------------------------------------------------
-
-    def set_protocol(self, protocol):
-        self._protocol = protocol
-        self._protocol_connected = True
-
-    def get_protocol(self):
-        return self._protocol
-
-    def is_closing(self):
-        return self._closing
-
-    def close(self):
-        if self._closing:
-            return
-        self._closing = True
-        self._remove_reader()
-        if not self._buffer:
-            self._conn_lost += 1
-            self._remove_writer()
-            self._loop.call_soon(self._call_connection_lost, None)
-        # Else the queued datagrams go out first (_sendto_ready).
-
-    def abort(self):
-        self._force_close(None)
-
-    # ---- reading -----------------------------------------------------------------
-
-    def is_reading(self):
-        return not self._closing and not self._paused
 
     def pause_reading(self):
         if not self.is_reading():
             return
-        self._paused = True
-        self._remove_reader()
+        self._native.pause_reading()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
     def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._add_reader()
-        if self._loop.get_debug():
+        was_reading = self.is_reading()
+        self._native.resume_reading()
+        if not was_reading and self.is_reading() and self._loop.get_debug():
             logger.debug("%r resumes reading", self)
-
-    def _add_reader(self):
-        if not self.is_reading():
-            return
-        # The loop's private methods: the public ones refuse an fd a transport owns.
-        self._loop._add_reader(self._sock_fd, self._read_ready)
-        self._reader_added = True
-
-    def _remove_reader(self):
-        if self._reader_added:
-            self._reader_added = False
-            if not self._loop.is_closed():
-                self._loop._remove_reader(self._sock_fd)
-
-    def _read_ready(self):
-        if self._conn_lost:
-            return
-        try:
-            data, addr = self._sock.recvfrom(self.max_size)
-        except _RETRY:
-            pass
-        except OSError as exc:
-            # E.g. ConnectionRefusedError: an ICMP error for an earlier datagram.
-            self._protocol.error_received(exc)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on datagram transport")
-        else:
-            self._protocol.datagram_received(data, addr)
-
-    # ---- writing -----------------------------------------------------------------
-
-    def get_write_buffer_size(self):
-        return self._buffer_size
-
-    def sendto(self, data, addr=None):
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-            )
-        if not data and not _SENDS_EMPTY_DATAGRAMS:
-            return  # dropped before 3.13
-
-        if self._address:
-            if addr not in (None, self._address):
-                raise ValueError(f"Invalid address: must be None or {self._address}")
-            addr = self._address
-
-        if self._conn_lost and self._address:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
-            return
-
-        if not self._buffer:
-            # Nothing queued: try the socket right away.
-            try:
-                if self._extra["peername"]:
-                    self._sock.send(data)
-                else:
-                    self._sock.sendto(data, addr)
-                return
-            except _RETRY:
-                self._loop._add_writer(self._sock_fd, self._sendto_ready)
-                self._writer_added = True
-            except OSError as exc:
-                self._protocol.error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on datagram transport")
-                return
-
-        # What is queued must not change under us: keep an immutable copy.
-        self._buffer.append((bytes(data), addr))
-        self._buffer_size += len(data) + self._header_size
-        self._maybe_pause_protocol()
-
-    def _sendto_ready(self):
-        while self._buffer:
-            data, addr = self._buffer.popleft()
-            self._buffer_size -= len(data) + self._header_size
-            try:
-                if self._extra["peername"]:
-                    self._sock.send(data)
-                else:
-                    self._sock.sendto(data, addr)
-            except _RETRY:
-                self._buffer.appendleft((data, addr))  # the next writability retries
-                self._buffer_size += len(data) + self._header_size
-                break
-            except OSError as exc:
-                self._protocol.error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on datagram transport")
-                return
-
-        self._maybe_resume_protocol()  # may queue more datagrams
-        if not self._buffer:
-            self._remove_writer()
-            if self._closing:
-                self._call_connection_lost(None)
-
-    def _remove_writer(self):
-        if self._writer_added:
-            self._writer_added = False
-            if not self._loop.is_closed():
-                self._loop._remove_writer(self._sock_fd)
-
-    # ---- closing -------------------------------------------------------------------
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        # Called from an except clause only.
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._force_close(exc)
-
-    def _force_close(self, exc):
-        if self._conn_lost:
-            return
-        if self._buffer:
-            self._buffer.clear()
-            self._buffer_size = 0
-            self._remove_writer()
-        if not self._closing:
-            self._closing = True
-            self._remove_reader()
-        self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):
         try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
+            self._native._call_connection_lost(exc)
         finally:
             self._sock.close()
             self._sock = None
-            self._protocol = None
             self._loop = None
+
+    def _callback_error(self, exc, where):
+        # An exception from the protocol's callback while the socket was read
+        # or written: asyncio's Handle reports it, and the transport stays open.
+        self._loop.call_exception_handler(
+            {
+                "message": f"Exception in callback {type(self).__name__}.{where}()",
+                "exception": exc,
+                "transport": self,
+                "protocol": self.get_protocol(),
+            }
+        )
 
 
 class DatagramMethods:
