@@ -330,6 +330,63 @@ for _transport in ECHO_TRANSPORTS:
                 )
             )
 
+# UDP (group "udp"). Round trips: a datagram echo server on the loop under test
+# (bench/echo_server.py, style "datagram") loaded by the C load generator with
+# UDP_FLOWS flows, one datagram in flight each, the plain-C libuv UDP echo server
+# as the ceiling. One way: both endpoints in-process on the loop (bench/udp.py).
+UDP_SIZES: dict[str, int] = {"small": 64, "8k": 8192}
+UDP_FLOWS = 10  # as the echo rows' 10 connections: bench/README.md
+UDP_ONEWAY: dict[str, tuple[int, int]] = {"small": (40_000, 128), "8k": (30_000, 32)}  # n, window
+
+for _label, _size in UDP_SIZES.items():
+    _params = {"transport": "udp", "size": _size, "connections": UDP_FLOWS}
+    _ceiling = f"udp_ceiling_{_label}"
+    _common = dict(
+        n=ECHO_MS, quick_n=ECHO_QUICK_MS, unit="round trip", driver=True, repeat=ECHO_REPEAT
+    )
+    BENCHMARKS.append(
+        Benchmark(
+            _ceiling,
+            "udp",
+            "bench.echo:ceiling",
+            doc=f"the ceiling: plain-C libuv UDP echo server, {_size} B datagrams",
+            params=_params,
+            runs_on=(CEILING,),
+            tools=("loadgen", "uv_echo"),
+            in_quick=False,
+            **_common,
+        )
+    )
+    BENCHMARKS.append(
+        Benchmark(
+            f"udp_pingpong_{_label}",
+            "udp",
+            "bench.echo:echo",
+            doc=f"DatagramProtocol echo server (datagram_received -> sendto), {_size} B "
+            f"datagrams, {UDP_FLOWS} client flows with one in flight each",
+            params={"style": "datagram", **_params},
+            ceiling=_ceiling,
+            tools=("loadgen",),
+            in_quick=_label == "8k",
+            **_common,
+        )
+    )
+for _label, _size in UDP_SIZES.items():
+    _n, _window = UDP_ONEWAY[_label]
+    BENCHMARKS.append(
+        Benchmark(
+            f"udp_oneway_{_label}",
+            "udp",
+            "bench.udp:udp_oneway",
+            n=_n,
+            unit="datagram",
+            doc=f"one endpoint sendto()s {_size} B datagrams to another on the same loop, "
+            f"{_window} per window; datagrams received per second",
+            params={"size": _size, "window": _window},
+            in_quick=_label == "small",
+        )
+    )
+
 # Read by people, not asserted: issue 3's acceptance criterion, summed up under
 # the echo table (each row's own pass/FAIL is in its targets column).
 ACCEPTANCE = (
@@ -341,6 +398,8 @@ GROUP_TITLES: dict[str, str] = {
     "micro": "micro-benchmarks (ops/s)",
     "proc": "subprocesses (processes/s; MiB/s on the *_throughput rows)",
     "echo": f"echo servers (requests/s; {ECHO_CONNECTIONS} connections, request/response)",
+    "udp": f"UDP (round trips/s with {UDP_FLOWS} flows on the pingpong rows; "
+    "datagrams received/s on the oneway rows)",
 }
 
 BY_NAME: dict[str, Benchmark] = {b.name: b for b in BENCHMARKS}
