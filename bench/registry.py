@@ -387,6 +387,31 @@ for _label, _size in UDP_SIZES.items():
         )
     )
 
+# HTTP (group "http"): a "Hello, world!" server on the loop under test in its own
+# process (bench/web_server.py), loaded by wrk (bench/web.py).
+HTTP_APPS: dict[str, str] = {
+    "uvicorn": "uvicorn (http=httptools, loop=none) serving a raw ASGI app",
+    "aiohttp": "aiohttp.web (AppRunner + TCPSite), one GET / route",
+}
+HTTP_CONNECTIONS = 64
+HTTP_MS = 1000  # wrk's span: whole seconds; also under --quick (1 s is wrk's shortest)
+
+for _app, _what in HTTP_APPS.items():
+    BENCHMARKS.append(
+        Benchmark(
+            f"http_{_app}_hello",
+            "http",
+            "bench.web:http_hello",
+            n=HTTP_MS,
+            quick_n=HTTP_MS,
+            unit="request",
+            doc=f"{_what}: 'Hello, world!' for GET /; wrk -t1 -c{HTTP_CONNECTIONS}, keep-alive",
+            params={"app": _app, "connections": HTTP_CONNECTIONS, "threads": 1},
+            driver=True,
+            in_quick=_app == "aiohttp",
+        )
+    )
+
 # Read by people, not asserted: issue 3's acceptance criterion, summed up under
 # the echo table (each row's own pass/FAIL is in its targets column).
 ACCEPTANCE = (
@@ -398,6 +423,7 @@ GROUP_TITLES: dict[str, str] = {
     "micro": "micro-benchmarks (ops/s)",
     "proc": "subprocesses (processes/s; MiB/s on the *_throughput rows)",
     "echo": f"echo servers (requests/s; {ECHO_CONNECTIONS} connections, request/response)",
+    "http": f"HTTP servers (requests/s; wrk, {HTTP_CONNECTIONS} keep-alive connections)",
     "udp": f"UDP (round trips/s with {UDP_FLOWS} flows on the pingpong rows; "
     "datagrams received/s on the oneway rows)",
 }
