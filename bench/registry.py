@@ -79,6 +79,7 @@ class Benchmark:
     in_quick: bool = True  # part of --quick (unless named explicitly in --only)
     repeat: int = 5  # samples per cell unless --repeat says otherwise
     tools: tuple[str, ...] = ()  # C helpers (bench/loadgen/) built before the run
+    warmup: bool = True  # in-process: the worker runs func at n/10 first (False: func warms up)
 
     def size(self, quick: bool) -> int:
         if not quick:
@@ -394,7 +395,7 @@ HTTP_APPS: dict[str, str] = {
     "aiohttp": "aiohttp.web (AppRunner + TCPSite), one GET / route",
 }
 HTTP_CONNECTIONS = 64
-HTTP_MS = 1000  # wrk's span: whole seconds; also under --quick (1 s is wrk's shortest)
+HTTP_MS = 1000  # wrk's span: whole seconds, 1 s the shortest (5 repeats: ~100 s a full run)
 
 for _app, _what in HTTP_APPS.items():
     BENCHMARKS.append(
@@ -403,14 +404,63 @@ for _app, _what in HTTP_APPS.items():
             "http",
             "bench.web:http_hello",
             n=HTTP_MS,
-            quick_n=HTTP_MS,
+            quick_n=300,  # no wrk: one checked keep-alive connection, a smoke test (bench/web.py)
             unit="request",
             doc=f"{_what}: 'Hello, world!' for GET /; wrk -t1 -c{HTTP_CONNECTIONS}, keep-alive",
             params={"app": _app, "connections": HTTP_CONNECTIONS, "threads": 1},
             driver=True,
-            in_quick=_app == "aiohttp",
+            in_quick=_app == "uvicorn",
         )
     )
+
+# Scaling (group "scale", bench/scale.py): how costs grow with the timers pending
+# and the connections open. In-process; each row warms itself up and puts its
+# per-size figures in Measurement.extra["scale"], printed under the table.
+SCALE_REPEAT = 3  # a timer sample builds a million timers: ~2-3 s on asyncio
+SCALE_TIMERS = (10**3, 10**4, 10**5, 10**6)
+SCALE_IDLE = 10_000
+
+BENCHMARKS += [
+    Benchmark(
+        "timer_ops_vs_pending",
+        "scale",
+        "bench.scale:timer_ops_vs_pending",
+        n=20_000,
+        unit="timer op",
+        doc="a timer fires, schedules+cancels a far timer and the next call_later(0), with "
+        "10^3..10^6 timers pending; ops/s at 10^6, ns/op per size below",
+        params={"sizes": SCALE_TIMERS},
+        quick_n=500,
+        warmup=False,
+        repeat=SCALE_REPEAT,
+        in_quick=False,  # a million timers per loop: seconds, not a smoke test
+    ),
+    Benchmark(
+        "iteration_vs_idle_connections",
+        "scale",
+        "bench.scale:iteration_vs_idle_connections",
+        n=30_000,
+        unit="iteration",
+        doc=f"a byte hops over one active socketpair (one poll per hop), with 0 and "
+        f"{SCALE_IDLE:,} idle transports open; ops/s with them, ns per hop below",
+        params={"idle": SCALE_IDLE},
+        quick_n=2_000,
+        warmup=False,
+        repeat=SCALE_REPEAT,
+    ),
+    Benchmark(
+        "memory_per_connection",
+        "scale",
+        "bench.scale:memory_per_connection",
+        n=SCALE_IDLE,
+        unit="connection",
+        doc="RSS growth when the loop wraps n socketpair ends as transports+protocols; "
+        "reported as connections per MiB (higher is better), bytes each below",
+        quick_n=2_000,
+        warmup=False,
+        repeat=SCALE_REPEAT,
+    ),
+]
 
 # Read by people, not asserted: issue 3's acceptance criterion, summed up under
 # the echo table (each row's own pass/FAIL is in its targets column).
@@ -424,6 +474,7 @@ GROUP_TITLES: dict[str, str] = {
     "proc": "subprocesses (processes/s; MiB/s on the *_throughput rows)",
     "echo": f"echo servers (requests/s; {ECHO_CONNECTIONS} connections, request/response)",
     "http": f"HTTP servers (requests/s; wrk, {HTTP_CONNECTIONS} keep-alive connections)",
+    "scale": "scaling (ops/s at the largest size; connections per MiB on memory_per_connection)",
     "udp": f"UDP (round trips/s with {UDP_FLOWS} flows on the pingpong rows; "
     "datagrams received/s on the oneway rows)",
 }

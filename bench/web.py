@@ -14,8 +14,10 @@ own for these rows) does:
    or a server that died; stop the server (SIGTERM, then SIGKILL).
 
 wrk's durations are whole seconds, so ``n`` (the timed span in ms) is rounded
-to whole seconds (1 s at least). wrk is Debian's package ``wrk``; without it the
-rows are skipped.
+to whole seconds. Under 1000 (``--quick``) there is no wrk run: the sample counts
+the checked requests of one keep-alive ``http.client`` connection for n ms, a
+smoke test that the server starts and answers on the loop, not a measurement.
+wrk is Debian's package ``wrk``; without it the rows are skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from time import perf_counter
 
 from bench.echo import ROOT, EchoError, _cpus, _exit_text, _pinned, _stop, _tail, _wait_ready
 from bench.registry import Measurement, Skip
@@ -55,11 +58,16 @@ def _wrk(wrk: str, url: str, connections: int, threads: int, seconds: int) -> di
     raise EchoError(f"wrk printed no report: {proc.stdout.strip()[-200:]}")
 
 
-def _warm_up(host: str, port: int) -> None:
-    """WARMUP_REQUESTS GETs over one keep-alive connection, each response checked."""
+def _warm_up(host: str, port: int, requests: int, seconds: float | None = None) -> Measurement:
+    """GETs over one keep-alive connection, each response checked: `requests` of them
+    if `seconds` is None, else as many as fit in `seconds`."""
     conn = http.client.HTTPConnection(host, port, timeout=CHECK_TIMEOUT)
+    done = 0
+    start = perf_counter()
+    end = start + seconds if seconds is not None else None
     try:
-        for _ in range(WARMUP_REQUESTS):
+        while done < requests if end is None else perf_counter() < end:
+            done += 1
             conn.request("GET", "/")
             resp = conn.getresponse()
             body = resp.read()
@@ -71,6 +79,7 @@ def _warm_up(host: str, port: int) -> None:
         raise EchoError(f"GET http://{host}:{port}/: {type(exc).__name__}: {exc}") from exc
     finally:
         conn.close()
+    return Measurement(done, perf_counter() - start)
 
 
 def http_hello(loop_name: str, n: int, *, app: str, connections: int, threads: int) -> Measurement:
@@ -81,7 +90,7 @@ def http_hello(loop_name: str, n: int, *, app: str, connections: int, threads: i
     missing = [m for m in NEEDS[app] if importlib.util.find_spec(m) is None]
     if missing:
         raise Skip(f"{', '.join(missing)} not installed (pip install -r requirements-dev.txt)")
-    seconds = max(1, round(n / 1000))
+    seconds = round(n / 1000)
     server_cpus, client_cpus = _cpus()
     tmp = Path(tempfile.mkdtemp(prefix="flhttp-"))
     errfile = tmp / "server.err"
@@ -97,7 +106,10 @@ def http_hello(loop_name: str, n: int, *, app: str, connections: int, threads: i
         try:
             where = _wait_ready(proc, errfile).split()
             url = f"http://{where[1]}:{where[2]}/"
-            _pinned(client_cpus, lambda: _warm_up(where[1], int(where[2])))
+            host, port = where[1], int(where[2])
+            _pinned(client_cpus, lambda: _warm_up(host, port, WARMUP_REQUESTS))
+            if n < 1000:  # --quick: the checked requests of one connection, no wrk
+                return _pinned(client_cpus, lambda: _warm_up(host, port, 0, n / 1000))
             result = _pinned(client_cpus, lambda: _wrk(wrk, url, connections, threads, seconds))
             if proc.poll() is not None:
                 raise EchoError(
