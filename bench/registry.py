@@ -12,14 +12,20 @@ JSON/Markdown and the plot are driven by this list.
 
 Two kinds of rows:
 
-- in-process (groups ``micro`` and ``proc``): ``func(loop, n, **params)`` runs on
-  a loop the worker made, once at a tenth of ``n`` as a warm-up, then timed; ``n``
-  counts ops (processes; MiB for the pipe rows, whose child is sized by ``n``).
-- drivers (group ``echo``): ``func(loop_name, n, **params)`` starts the loop under
-  test in a process of its own (an echo server) and loads it from outside; the
-  worker makes no loop. ``n`` is the timed span in milliseconds; the driver does
-  its own warm-up. A row with ``runs_on`` runs on those pseudo-loops instead of the
-  selected loops: the plain-C libuv echo server, the ceiling (``CEILING``).
+- in-process (groups ``micro``, ``proc``, ``scale``, the ``udp_oneway_*`` rows):
+  ``func(loop, n, **params)`` runs on a loop the worker made, once at a tenth of
+  ``n`` as a warm-up (unless ``warmup=False``: the function warms up itself), then
+  timed; ``n`` counts ops (processes; MiB for the pipe rows, whose child is sized
+  by ``n``).
+- drivers (groups ``echo``, ``http``, the ``udp_pingpong_*`` rows):
+  ``func(loop_name, n, **params)`` starts the loop under test in a process of its
+  own (an echo or HTTP server) and loads it from outside; the worker makes no
+  loop. ``n`` is the timed span in milliseconds; the driver does its own warm-up.
+  A row with ``runs_on`` runs on those pseudo-loops instead of the selected loops:
+  the plain-C libuv echo server, the ceiling (``CEILING``).
+
+A function may put per-size figures in ``Measurement.extra["scale"]`` (see
+``bench/scale.py``); the report prints them as a table under the group's.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ CEILING = "libuv-C"
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    group: str  # "micro", "proc", "echo"
+    group: str  # "micro", "proc", "echo", "udp", "http", "scale"
     func: str  # "module:function", imported in the worker only
     n: int  # work size of a full run (for a driver: the timed span in ms)
     unit: str  # what one operation is, for the README and the Markdown

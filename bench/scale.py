@@ -28,6 +28,7 @@ from bench.registry import Measurement, Skip
 
 FAR = 100_000.0  # seconds: the pending timers never fire during a run
 SPARE_FDS = 64  # descriptors besides the connections (stdio, the loop's own, the active pair)
+WAIT_TIMEOUT = 60.0  # seconds any one timed chain may take before the sample fails
 
 
 def _label(x: int) -> str:
@@ -81,7 +82,8 @@ def timer_ops_vs_pending(
 
         start = perf_counter()
         loop.call_later(0, step)
-        await done
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await done
         return perf_counter() - start
 
     async def run() -> Measurement:
@@ -191,7 +193,7 @@ def iteration_vs_idle_connections(
         ping.done = loop.create_future()
         start = perf_counter()
         ping.transport.write(b"x")
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(WAIT_TIMEOUT):
             await ping.done
         return perf_counter() - start
 
