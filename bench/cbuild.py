@@ -1,9 +1,9 @@
-"""Builds the C helpers of the echo benchmarks into bench/loadgen/bin/ (gitignored).
+"""Builds the C helpers of the echo and UDP benchmarks into bench/loadgen/bin/ (gitignored).
 
-- ``loadgen``: the load generator (plain POSIX + epoll; no libuv).
+- ``loadgen``: the load generator (plain POSIX + epoll; no libuv), TCP, Unix and UDP.
 - ``uv_echo``: the ceiling, a plain-C libuv echo server (system libuv via pkg-config).
 
-``python -m bench`` calls ``ensure()`` at start-up when an echo row is selected;
+``python -m bench`` calls ``ensure()`` at start-up when an echo or UDP round-trip row is selected;
 a binary is rebuilt when it is missing or older than its source. Compiled with
 ``cc -O2 -Wall -Wextra``; warnings are shown (the sources compile warning-free).
 ``python -m bench.cbuild`` builds them by hand.

@@ -19,7 +19,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmarks of asyncio event loops, side by side: micro-benchmarks, "
-        "subprocesses, and echo servers under a C load generator.",
+        "subprocesses, echo and UDP servers under a C load generator, HTTP servers under "
+        "wrk, and how costs scale with timers and connections.",
     )
     parser.add_argument(
         "--loops",
@@ -32,21 +33,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=_names,
         default=None,
-        help="comma-separated benchmark names, group names (micro, proc, echo) or globs "
+        help="comma-separated benchmark names, group names (micro, proc, echo, udp, http, "
+        "scale) or globs "
         "('echo_*_tcp'); default: all; see --list",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         help="small work sizes, 1 repeat, echo rows at one size only: "
-        "a smoke run (< 30 s), not a measurement",
+        "a smoke run (~30 s), not a measurement",
     )
     parser.add_argument(
         "--repeat",
         type=int,
         default=None,
         help="samples per cell (default: the row's, 5; 9 for the *_throughput rows; "
-        "1 with --quick)",
+        "3 for the scale rows; 1 with --quick)",
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds one sample may take (default 120)"

@@ -1,6 +1,7 @@
 """An echo server on one event loop.
 
     python -m bench.echo_server --loop L --style S --transport T [--path P]
+    python -m bench.echo_server --loop L --style datagram --transport udp
 
 Run by the echo benchmarks (``bench.echo``) in a fresh process per sample, and
 usable by hand (e.g. under ``perf record``) against ``bench/loadgen/bin/loadgen``.
@@ -9,6 +10,7 @@ listens::
 
     READY tcp 127.0.0.1 PORT
     READY unix PATH
+    READY udp 127.0.0.1 PORT
 
 then serves until it is killed (SIGTERM/SIGINT: the default action, nothing to
 clean up; the driver removes the Unix socket's directory). If it cannot start,
@@ -28,6 +30,12 @@ Every style echoes byte for byte, reading at most 64 KiB at a time:
   doing ``await loop.sock_recv(conn, 65536)`` -> ``await loop.sock_sendall(conn, data)``
   (TCP_NODELAY set on each accepted socket, as the transports of asyncio and
   uvloop do by themselves).
+
+Over UDP there is one style, ``datagram``: ``loop.create_datagram_endpoint`` with
+``local_addr=("127.0.0.1", 0)`` and an ``asyncio.DatagramProtocol`` whose
+``datagram_received(data, addr)`` does ``transport.sendto(data, addr)``. Its
+socket gets a 1 MiB ``SO_RCVBUF`` (the Linux default of 208 KiB drops a datagram
+now and then with ten 8 KiB datagrams in flight); the C ceiling server does the same.
 """
 
 from __future__ import annotations
@@ -42,10 +50,11 @@ from pathlib import Path
 
 from bench import loops
 
-STYLES = ("protocol", "buffered", "streams", "sockets")
-TRANSPORTS = ("tcp", "unix")
+STYLES = ("protocol", "buffered", "streams", "sockets", "datagram")
+TRANSPORTS = ("tcp", "unix", "udp")
 HOST = "127.0.0.1"
 READ_SIZE = 65536
+UDP_RCVBUF = 1 << 20  # as bench/loadgen/uv_echo.c
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -68,6 +77,14 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.transport.write(self.view[:nbytes])
+
+
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.transport.sendto(data, addr)
 
 
 async def _stream_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -123,6 +140,12 @@ async def _sock_server(loop: asyncio.AbstractEventLoop, lsock: socket.socket) ->
 
 async def start(loop: asyncio.AbstractEventLoop, style: str, transport: str, path: str | None):
     """Start the server; returns (what to keep alive, the READY line's address)."""
+    if (style == "datagram") != (transport == "udp"):
+        raise ValueError("the datagram style goes with --transport udp, and only it")
+    if style == "datagram":
+        udp, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, local_addr=(HOST, 0))
+        udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        return udp, f"{HOST} {udp.get_extra_info('sockname')[1]}"
     if style == "sockets":
         lsock = _listening_socket(transport, path)
         keep = loop.create_task(_sock_server(loop, lsock))

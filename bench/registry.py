@@ -12,14 +12,20 @@ JSON/Markdown and the plot are driven by this list.
 
 Two kinds of rows:
 
-- in-process (groups ``micro`` and ``proc``): ``func(loop, n, **params)`` runs on
-  a loop the worker made, once at a tenth of ``n`` as a warm-up, then timed; ``n``
-  counts ops (processes; MiB for the pipe rows, whose child is sized by ``n``).
-- drivers (group ``echo``): ``func(loop_name, n, **params)`` starts the loop under
-  test in a process of its own (an echo server) and loads it from outside; the
-  worker makes no loop. ``n`` is the timed span in milliseconds; the driver does
-  its own warm-up. A row with ``runs_on`` runs on those pseudo-loops instead of the
-  selected loops: the plain-C libuv echo server, the ceiling (``CEILING``).
+- in-process (groups ``micro``, ``proc``, ``scale``, the ``udp_oneway_*`` rows):
+  ``func(loop, n, **params)`` runs on a loop the worker made, once at a tenth of
+  ``n`` as a warm-up (unless ``warmup=False``: the function warms up itself), then
+  timed; ``n`` counts ops (processes; MiB for the pipe rows, whose child is sized
+  by ``n``).
+- drivers (groups ``echo``, ``http``, the ``udp_pingpong_*`` rows):
+  ``func(loop_name, n, **params)`` starts the loop under test in a process of its
+  own (an echo or HTTP server) and loads it from outside; the worker makes no
+  loop. ``n`` is the timed span in milliseconds; the driver does its own warm-up.
+  A row with ``runs_on`` runs on those pseudo-loops instead of the selected loops:
+  the plain-C libuv echo server, the ceiling (``CEILING``).
+
+A function may put per-size figures in ``Measurement.extra["scale"]`` (see
+``bench/scale.py``); the report prints them as a table under the group's.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ CEILING = "libuv-C"
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    group: str  # "micro", "proc", "echo"
+    group: str  # "micro", "proc", "echo", "udp", "http", "scale"
     func: str  # "module:function", imported in the worker only
     n: int  # work size of a full run (for a driver: the timed span in ms)
     unit: str  # what one operation is, for the README and the Markdown
@@ -79,6 +85,7 @@ class Benchmark:
     in_quick: bool = True  # part of --quick (unless named explicitly in --only)
     repeat: int = 5  # samples per cell unless --repeat says otherwise
     tools: tuple[str, ...] = ()  # C helpers (bench/loadgen/) built before the run
+    warmup: bool = True  # in-process: the worker runs func at n/10 first (False: func warms up)
 
     def size(self, quick: bool) -> int:
         if not quick:
@@ -330,6 +337,137 @@ for _transport in ECHO_TRANSPORTS:
                 )
             )
 
+# UDP (group "udp"). Round trips: a datagram echo server on the loop under test
+# (bench/echo_server.py, style "datagram") loaded by the C load generator with
+# UDP_FLOWS flows, one datagram in flight each, the plain-C libuv UDP echo server
+# as the ceiling. One way: both endpoints in-process on the loop (bench/udp.py).
+UDP_SIZES: dict[str, int] = {"small": 64, "8k": 8192}
+UDP_FLOWS = 10  # as the echo rows' 10 connections: bench/README.md
+UDP_ONEWAY: dict[str, tuple[int, int]] = {"small": (40_000, 128), "8k": (30_000, 32)}  # n, window
+
+for _label, _size in UDP_SIZES.items():
+    _params = {"transport": "udp", "size": _size, "connections": UDP_FLOWS}
+    _ceiling = f"udp_ceiling_{_label}"
+    _common = dict(
+        n=ECHO_MS, quick_n=ECHO_QUICK_MS, unit="round trip", driver=True, repeat=ECHO_REPEAT
+    )
+    BENCHMARKS.append(
+        Benchmark(
+            _ceiling,
+            "udp",
+            "bench.echo:ceiling",
+            doc=f"the ceiling: plain-C libuv UDP echo server, {_size} B datagrams",
+            params=_params,
+            runs_on=(CEILING,),
+            tools=("loadgen", "uv_echo"),
+            in_quick=False,
+            **_common,
+        )
+    )
+    BENCHMARKS.append(
+        Benchmark(
+            f"udp_pingpong_{_label}",
+            "udp",
+            "bench.echo:echo",
+            doc=f"DatagramProtocol echo server (datagram_received -> sendto), {_size} B "
+            f"datagrams, {UDP_FLOWS} client flows with one in flight each",
+            params={"style": "datagram", **_params},
+            ceiling=_ceiling,
+            tools=("loadgen",),
+            in_quick=_label == "8k",
+            **_common,
+        )
+    )
+for _label, _size in UDP_SIZES.items():
+    _n, _window = UDP_ONEWAY[_label]
+    BENCHMARKS.append(
+        Benchmark(
+            f"udp_oneway_{_label}",
+            "udp",
+            "bench.udp:udp_oneway",
+            n=_n,
+            unit="datagram",
+            doc=f"one endpoint sendto()s {_size} B datagrams to another on the same loop, "
+            f"{_window} per window; datagrams received per second",
+            params={"size": _size, "window": _window},
+            in_quick=_label == "small",
+        )
+    )
+
+# HTTP (group "http"): a "Hello, world!" server on the loop under test in its own
+# process (bench/web_server.py), loaded by wrk (bench/web.py).
+HTTP_APPS: dict[str, str] = {
+    "uvicorn": "uvicorn (http=httptools, loop=none) serving a raw ASGI app",
+    "aiohttp": "aiohttp.web (AppRunner + TCPSite), one GET / route",
+}
+HTTP_CONNECTIONS = 64
+HTTP_MS = 1000  # wrk's span: whole seconds, 1 s the shortest (5 repeats: ~100 s a full run)
+
+for _app, _what in HTTP_APPS.items():
+    BENCHMARKS.append(
+        Benchmark(
+            f"http_{_app}_hello",
+            "http",
+            "bench.web:http_hello",
+            n=HTTP_MS,
+            quick_n=300,  # no wrk: one checked keep-alive connection, a smoke test (bench/web.py)
+            unit="request",
+            doc=f"{_what}: 'Hello, world!' for GET /; wrk -t1 -c{HTTP_CONNECTIONS}, keep-alive",
+            params={"app": _app, "connections": HTTP_CONNECTIONS, "threads": 1},
+            driver=True,
+            in_quick=_app == "uvicorn",
+        )
+    )
+
+# Scaling (group "scale", bench/scale.py): how costs grow with the timers pending
+# and the connections open. In-process; each row warms itself up and puts its
+# per-size figures in Measurement.extra["scale"], printed under the table.
+SCALE_REPEAT = 3  # a timer sample builds a million timers: ~2-3 s on asyncio
+SCALE_TIMERS = (10**3, 10**4, 10**5, 10**6)
+SCALE_IDLE = 10_000
+
+BENCHMARKS += [
+    Benchmark(
+        "timer_ops_vs_pending",
+        "scale",
+        "bench.scale:timer_ops_vs_pending",
+        n=20_000,
+        unit="timer op",
+        doc="a timer fires, schedules+cancels a far timer and the next call_later(0), with "
+        "10^3..10^6 timers pending; ops/s at 10^6, ns/op per size below",
+        params={"sizes": SCALE_TIMERS},
+        quick_n=500,
+        warmup=False,
+        repeat=SCALE_REPEAT,
+        in_quick=False,  # a million timers per loop: seconds, not a smoke test
+    ),
+    Benchmark(
+        "iteration_vs_idle_connections",
+        "scale",
+        "bench.scale:iteration_vs_idle_connections",
+        n=30_000,
+        unit="iteration",
+        doc=f"a byte hops over one active socketpair (one poll per hop), with 0 and "
+        f"{SCALE_IDLE:,} idle transports open; ops/s with them, ns per hop below",
+        params={"idle": SCALE_IDLE},
+        quick_n=2_000,
+        warmup=False,
+        repeat=SCALE_REPEAT,
+    ),
+    Benchmark(
+        "memory_per_connection",
+        "scale",
+        "bench.scale:memory_per_connection",
+        n=SCALE_IDLE,
+        unit="connection",
+        doc="RSS growth when the loop wraps n socketpair ends as transports+protocols; "
+        "reported as connections per MiB (higher is better), bytes each below",
+        quick_n=2_000,
+        warmup=False,
+        repeat=SCALE_REPEAT,
+    ),
+]
+
 # Read by people, not asserted: issue 3's acceptance criterion, summed up under
 # the echo table (each row's own pass/FAIL is in its targets column).
 ACCEPTANCE = (
@@ -341,6 +479,10 @@ GROUP_TITLES: dict[str, str] = {
     "micro": "micro-benchmarks (ops/s)",
     "proc": "subprocesses (processes/s; MiB/s on the *_throughput rows)",
     "echo": f"echo servers (requests/s; {ECHO_CONNECTIONS} connections, request/response)",
+    "http": f"HTTP servers (requests/s; wrk, {HTTP_CONNECTIONS} keep-alive connections)",
+    "scale": "scaling (ops/s at the largest size; connections per MiB on memory_per_connection)",
+    "udp": f"UDP (round trips/s with {UDP_FLOWS} flows on the pingpong rows; "
+    "datagrams received/s on the oneway rows)",
 }
 
 BY_NAME: dict[str, Benchmark] = {b.name: b for b in BENCHMARKS}

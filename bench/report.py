@@ -149,7 +149,7 @@ def _has_ceiling(run: Run, benches: list[Benchmark]) -> bool:
 
 def _rows(run: Run, benches: list[Benchmark]) -> tuple[list[str], list[list[str]]]:
     names = _columns(run, benches)
-    unit = "req/s" if any(b.driver for b in benches) else "ops/s"
+    unit = "req/s" if all(b.driver for b in benches) else "ops/s"
     ceiling = _has_ceiling(run, benches)
     pseudo = [n for n in names if n not in {i.name for i in run.loops}]
     head = ["benchmark", *(f"{n} {unit}" for n in names)]
@@ -169,6 +169,45 @@ def _rows(run: Run, benches: list[Benchmark]) -> tuple[list[str], list[list[str]
         row.append(verdict(run, b))
         rows.append(row)
     return head, rows
+
+
+def _scale_tables(
+    run: Run, benches: list[Benchmark]
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The per-size figures of the rows that report them (extra["scale"], bench/scale.py).
+
+    One table per row: a line per loop, a column per size, then the growth
+    ratio; from each cell's best sample.
+    """
+    tables = []
+    for b in benches:
+        names = [n for n in _columns(run, [b]) if run.cell(b.name, n)]
+        found = {}
+        for n in names:
+            extra = run.cell(b.name, n).best_extra
+            if extra and "scale" in extra:
+                found[n] = extra["scale"]
+        if not found:
+            continue
+        first = next(iter(found.values()))
+        labels = list(first["points"])
+        ratio_label = next((f["ratio_label"] for f in found.values() if f.get("ratio_label")), None)
+        head = ["loop", *labels] + ([ratio_label] if ratio_label else [])
+        rows = []
+        for n in names:
+            f = found.get(n)
+            if f is None:
+                rows.append([n, *(["n/a"] * (len(head) - 1))])
+                continue
+            row = [
+                n,
+                *(f"{f['points'].get(k):,.0f}" if k in f["points"] else "n/a" for k in labels),
+            ]
+            if ratio_label:
+                row.append(times(f.get("ratio")))
+            rows.append(row)
+        tables.append((f"{b.name}: {first['what']} (best sample)", head, rows))
+    return tables
 
 
 def _problems(run: Run) -> list[str]:
@@ -201,6 +240,17 @@ def text(run: Run) -> str:
 
         out += ["", f"== {_title(group)}", line(head), "  ".join("-" * w for w in widths)]
         out += [line(r) for r in rows]
+        for title, shead, srows in _scale_tables(run, benches):
+            sw = [max(len(r[i]) for r in [shead, *srows]) for i in range(len(shead))]
+            out += ["", f"  {title}"]
+            for r in [shead, *srows]:
+                out.append(
+                    "  "
+                    + "  ".join(
+                        [r[0].ljust(sw[0])]
+                        + [c.rjust(w) for c, w in zip(r[1:], sw[1:], strict=True)]
+                    )
+                )
     out += ["", f"targets (read by people, not asserted): {targets_text(run)}"]
     summary = acceptance(run)
     if summary:
@@ -224,6 +274,8 @@ def markdown(run: Run) -> str:
     for group, benches in _groups(run):
         head, rows = _rows(run, benches)
         out += [f"## {_title(group)}", ""] + table(head, rows) + [""]
+        for title, shead, srows in _scale_tables(run, benches):
+            out += [f"### {title}", ""] + table(shead, srows) + [""]
     out += [f"Targets (read by people, not asserted): {targets_text(run)}."]
     summary = acceptance(run)
     if summary:
@@ -244,7 +296,8 @@ def markdown(run: Run) -> str:
             spread_rows.append(row)
         out += table(["benchmark", *names], spread_rows) + [""]
     for _group, benches in _groups(run):
-        if not any(b.driver for b in benches):
+        benches = [b for b in benches if b.driver]
+        if not benches:
             continue
         names = _columns(run, benches)
         out += ["## Latency p50 / p99 (µs) of the best sample", ""]
@@ -310,13 +363,17 @@ def as_json(run: Run) -> dict:
 
 
 def _panels(run: Run) -> list[tuple[str, list[Benchmark]]]:
-    """The plot's subplots: one per group; the echo rows split by transport."""
+    """The plot's subplots: one per group; a group with several transports split by transport."""
+    transports: dict[str, set[str]] = {}
+    for b in run.benchmarks:
+        if "transport" in b.params:
+            transports.setdefault(b.group, set()).add(b.params["transport"])
     panels: dict[str, list[Benchmark]] = {}
     for b in run.benchmarks:
         if b.runs_on:
             continue  # a ceiling is drawn as a mark over the rows it bounds
         key = b.group
-        if "transport" in b.params:
+        if "transport" in b.params and len(transports[b.group]) > 1:
             key = f"{b.group}, {b.params['transport']}"
         panels.setdefault(key, []).append(b)
     return list(panels.items())
@@ -325,8 +382,9 @@ def _panels(run: Run) -> list[tuple[str, list[Benchmark]]]:
 def plot(run: Run, path: Path) -> Path:
     """Grouped bars: each loop's ops/s as a multiple of asyncio's, per benchmark.
 
-    One subplot per group (micro; echo over TCP; echo over Unix sockets). On the
-    echo subplots a black dash marks the libuv-C ceiling (its req/s over asyncio's).
+    One subplot per group (micro; proc; echo over TCP; echo over Unix sockets;
+    udp; http; scale). On the echo and udp subplots a black dash marks the libuv-C
+    ceiling (its req/s over asyncio's).
     """
     import matplotlib
 

@@ -86,7 +86,8 @@ def sample(loop_name: str, bench_name: str, n: int) -> dict:
     loop = loops.new_loop(loop_name)
     try:
         asyncio.set_event_loop(loop)
-        func(loop, max(2, n // WARMUP_FRACTION), **bench.params)
+        if bench.warmup:
+            func(loop, max(2, n // WARMUP_FRACTION), **bench.params)
         gc.collect()
         m = func(loop, n, **bench.params)
         result = {"ok": True, "ops": m.ops, "seconds": m.seconds, "loop_class": _qualname(loop)}

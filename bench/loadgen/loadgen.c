@@ -10,11 +10,21 @@
  * (from the first byte sent to the last byte received), then prints one JSON
  * line on stdout and exits (status 0 if there were no errors).
  *
- *   loadgen (--tcp 127.0.0.1:PORT | --unix PATH) [-c CONNS] [-s BYTES]
- *           [-d SECONDS] [-w SECONDS] [-n MAX_REQUESTS] [-t CONNECT_TIMEOUT]
+ * With --udp, each "connection" is a flow: a UDP socket of its own, connected
+ * to the server, with one datagram of S bytes in flight; the echo must come
+ * back as one datagram of S bytes, equal byte for byte. A datagram not echoed
+ * within RETRY_MS is counted as lost and the flow sends the next one (a new
+ * sequence number); an echo that arrives after that (its stamp is not the
+ * flow's current one) is counted as stale and ignored. Loss is not an error:
+ * the JSON line says how many were lost.
  *
- * Bounded: at most 1024 connections, 16 MiB messages, 60 s of load, 10 s of
- * warm-up, and only loopback addresses (127.0.0.0/8, ::1) or a Unix path.
+ *   loadgen (--tcp 127.0.0.1:PORT | --unix PATH | --udp 127.0.0.1:PORT)
+ *           [-c CONNS] [-s BYTES] [-d SECONDS] [-w SECONDS] [-n MAX_REQUESTS]
+ *           [-t CONNECT_TIMEOUT]
+ *
+ * Bounded: at most 1024 connections, 16 MiB messages (65507 bytes over UDP),
+ * 60 s of load, 10 s of warm-up, and only loopback addresses (127.0.0.0/8,
+ * ::1) or a Unix path.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -41,6 +51,8 @@
 #define MAX_DURATION 60.0
 #define MAX_WARMUP 10.0
 #define MAX_LATENCIES (1u << 22) /* latency samples kept (32 MiB at most) */
+#define MAX_UDP_SIZE 65507u      /* the largest UDP payload over IPv4 */
+#define RETRY_MS 200             /* a datagram not echoed by then is lost */
 
 struct conn {
   int fd;
@@ -53,7 +65,8 @@ struct conn {
 };
 
 static struct {
-  const char *kind; /* "tcp" or "unix" */
+  const char *kind; /* "tcp", "unix" or "udp" */
+  int udp;
   const char *address;
   int conns;
   size_t size;
@@ -66,6 +79,7 @@ static struct {
   uint64_t warm_end_ns, end_ns;
   uint64_t requests;
   uint64_t errors;
+  uint64_t lost, stale; /* UDP: datagrams not echoed in time; echoes that came too late */
   char first_error[256];
   uint64_t *lat; /* latencies in ns of the counted requests */
   size_t nlat, cap_lat;
@@ -148,7 +162,11 @@ static void pump_send(int i) {
   struct conn *c = &g.c[i];
   while (c->open && c->sent < g.size) {
     ssize_t n = send(c->fd, c->sbuf + c->sent, g.size - c->sent, MSG_NOSIGNAL);
-    if (n > 0) {
+    if (n > 0 && g.udp && (size_t)n != g.size) {
+      record_error(i, "send: sent %zd of a %zu-byte datagram", n, g.size);
+      close_conn(i);
+      return;
+    } else if (n > 0) {
       c->sent += (size_t)n;
     } else if (n < 0 && errno == EINTR) {
       continue;
@@ -203,8 +221,62 @@ static void finish_request(int i) {
     start_request(i);
 }
 
+/* UDP: read every datagram waiting on the flow's socket. */
+static void pump_recv_udp(int i) {
+  struct conn *c = &g.c[i];
+  while (c->open) {
+    /* One byte more than expected, so that a longer datagram shows. */
+    ssize_t n = recv(c->fd, c->rbuf, g.size + 1, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return;
+    if (n < 0) {
+      record_error(i, "recv: %s", strerror(errno));
+      close_conn(i);
+      return;
+    }
+    uint64_t seq = 0;
+    size_t stamp = g.size < sizeof seq ? g.size : sizeof seq;
+    if ((size_t)n >= stamp)
+      memcpy(&seq, c->rbuf, stamp);
+    if ((size_t)n == g.size && seq < c->seq) {
+      g.stale++; /* the echo of a datagram already given up as lost */
+      continue;
+    }
+    if ((size_t)n != g.size) {
+      record_error(i, "echo is a datagram of %zd bytes, sent %zu", n, g.size);
+      close_conn(i);
+      return;
+    }
+    if (c->sent != g.size) {
+      record_error(i, "an echo arrived before its datagram was sent");
+      close_conn(i);
+      return;
+    }
+    c->recvd = g.size;
+    finish_request(i);
+  }
+}
+
+/* UDP: give up on datagrams not echoed within RETRY_MS and send the next. */
+static void retry_lost(uint64_t t) {
+  for (int i = 0; i < g.conns; i++) {
+    struct conn *c = &g.c[i];
+    if (c->open && c->sent == g.size && c->recvd == 0 &&
+        t - c->started_ns > (uint64_t)RETRY_MS * 1000000u) {
+      g.lost++;
+      start_request(i);
+    }
+  }
+}
+
 static void pump_recv(int i) {
   struct conn *c = &g.c[i];
+  if (g.udp) {
+    pump_recv_udp(i);
+    return;
+  }
   while (c->open) {
     size_t want = g.size - c->recvd;
     if (want == 0)
@@ -307,10 +379,11 @@ static void connect_all(void) {
   uint64_t deadline = now_ns() + (uint64_t)(g.connect_timeout * 1e9);
   for (int i = 0; i < g.conns; i++) {
     struct conn *c = &g.c[i];
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int type = g.udp ? SOCK_DGRAM : SOCK_STREAM;
+    int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
       fail("socket: %s", strerror(errno));
-    if (family != AF_UNIX) {
+    if (family != AF_UNIX && !g.udp) {
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
@@ -355,14 +428,16 @@ static double parse_double(const char *opt, const char *s, double lo, double hi)
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: loadgen (--tcp 127.0.0.1:PORT | --unix PATH) [-c CONNS] [-s BYTES]\n"
-          "               [-d SECONDS] [-w SECONDS] [-n MAX_REQUESTS] [-t CONNECT_TIMEOUT]\n");
+          "usage: loadgen (--tcp 127.0.0.1:PORT | --unix PATH | --udp 127.0.0.1:PORT)\n"
+          "               [-c CONNS] [-s BYTES] [-d SECONDS] [-w SECONDS] [-n MAX_REQUESTS]\n"
+          "               [-t CONNECT_TIMEOUT]\n");
 }
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"tcp", required_argument, NULL, 'T'},
       {"unix", required_argument, NULL, 'U'},
+      {"udp", required_argument, NULL, 'D'},
       {"connections", required_argument, NULL, 'c'},
       {"size", required_argument, NULL, 's'},
       {"duration", required_argument, NULL, 'd'},
@@ -382,9 +457,11 @@ int main(int argc, char **argv) {
     switch (opt) {
     case 'T':
     case 'U':
+    case 'D':
       if (g.kind)
-        fail("give one of --tcp and --unix");
-      g.kind = opt == 'T' ? "tcp" : "unix";
+        fail("give one of --tcp, --unix and --udp");
+      g.kind = opt == 'T' ? "tcp" : opt == 'U' ? "unix" : "udp";
+      g.udp = opt == 'D';
       g.address = optarg;
       break;
     case 'c':
@@ -415,8 +492,10 @@ int main(int argc, char **argv) {
   }
   if (optind != argc || !g.kind) {
     usage();
-    fail("give --tcp HOST:PORT or --unix PATH (and nothing else)");
+    fail("give --tcp HOST:PORT, --unix PATH or --udp HOST:PORT (and nothing else)");
   }
+  if (g.udp && g.size > MAX_UDP_SIZE)
+    fail("-s: a UDP datagram holds at most %u bytes", MAX_UDP_SIZE);
   signal(SIGPIPE, SIG_IGN);
 
   g.c = calloc((size_t)g.conns, sizeof *g.c);
@@ -424,7 +503,7 @@ int main(int argc, char **argv) {
     fail("out of memory");
   for (int i = 0; i < g.conns; i++) {
     g.c[i].sbuf = malloc(g.size);
-    g.c[i].rbuf = malloc(g.size);
+    g.c[i].rbuf = malloc(g.size + 1);
     if (!g.c[i].sbuf || !g.c[i].rbuf)
       fail("out of memory");
     for (size_t k = 0; k < g.size; k++)
@@ -446,6 +525,8 @@ int main(int argc, char **argv) {
   uint64_t t = now_ns();
   while (t < g.end_ns && g.open > 0 && !(g.max_requests && g.requests >= g.max_requests)) {
     int timeout_ms = (int)((g.end_ns - t + 999999u) / 1000000u);
+    if (g.udp && timeout_ms > 10)
+      timeout_ms = 10; /* look for lost datagrams at least every 10 ms */
     int n = epoll_wait(g.epfd, events, 256, timeout_ms);
     if (n < 0 && errno != EINTR)
       fail("epoll_wait: %s", strerror(errno));
@@ -459,6 +540,8 @@ int main(int argc, char **argv) {
         pump_send(i);
     }
     t = now_ns();
+    if (g.udp)
+      retry_lost(t);
   }
   uint64_t stop = t < g.end_ns ? t : g.end_ns;
   double seconds = stop > g.warm_end_ns ? (double)(stop - g.warm_end_ns) / 1e9 : 0.0;
@@ -474,11 +557,12 @@ int main(int argc, char **argv) {
   printf(", \"connections\": %d, \"size\": %zu, \"warmup_s\": %g, \"seconds\": %.6f, "
          "\"requests\": %llu, \"requests_per_s\": %.1f, \"bytes_per_s\": %.1f, "
          "\"latency_p50_us\": %.1f, \"latency_p99_us\": %.1f, \"latency_max_us\": %.1f, "
-         "\"errors\": %llu",
+         "\"errors\": %llu, \"lost\": %llu, \"stale\": %llu",
          g.conns, g.size, g.warmup, seconds, (unsigned long long)g.requests,
          seconds > 0 ? (double)g.requests / seconds : 0.0,
          seconds > 0 ? (double)g.requests * (double)g.size / seconds : 0.0, percentile_us(50),
-         percentile_us(99), percentile_us(100), (unsigned long long)g.errors);
+         percentile_us(99), percentile_us(100), (unsigned long long)g.errors,
+         (unsigned long long)g.lost, (unsigned long long)g.stale);
   if (g.first_error[0]) {
     printf(", \"error\": ");
     json_string(g.first_error);
