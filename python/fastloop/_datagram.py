@@ -35,7 +35,7 @@ import warnings
 from asyncio import selector_events, transports, trsock
 
 from . import _core
-from ._transports import NativeFlowControl, _set_result_unless_cancelled
+from ._transports import NativeFlowControl, NativeMethod, _set_result_unless_cancelled
 
 logger = logging.getLogger("asyncio")
 
@@ -82,17 +82,14 @@ class DatagramTransport(
     _sock = None  # set first thing in __init__; __del__ may see an instance without it
     _native = None
 
-    _NATIVE_METHODS = (
-        "sendto",
-        "is_closing",
-        "is_reading",
-        "get_write_buffer_size",
-        "close",
-        "abort",
-        "_force_close",
-        "set_protocol",
-        "get_protocol",
-    )
+    # Called per datagram; the rest are looked up on the native object per call.
+    _NATIVE_METHODS = ("sendto", "is_closing", "get_write_buffer_size")
+    is_reading = NativeMethod()
+    close = NativeMethod()
+    abort = NativeMethod()
+    _force_close = NativeMethod()
+    set_protocol = NativeMethod()
+    get_protocol = NativeMethod()
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         super().__init__(extra, loop)
