@@ -28,6 +28,9 @@ namespace {
 // (constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES).
 constexpr int kLogThresholdConnLostWrites = 5;
 
+// Datagrams read per readiness event at most (see udp.hpp).
+constexpr int kReadsPerEvent = 32;
+
 constexpr const char* kReadError = "Fatal read error on datagram transport";
 constexpr const char* kWriteError = "Fatal write error on datagram transport";
 
@@ -174,7 +177,10 @@ void DatagramTransport::on_poll(uv_poll_t* poll, int status, int events) noexcep
     self->callback_failed("_read_ready");
     return;
   }
-  if ((events & UV_READABLE) != 0 && self->reader_polling()) self->read_ready();
+  if ((events & UV_READABLE) != 0) {
+    for (int i = 0; i < kReadsPerEvent && self->reader_polling() && self->read_ready(); ++i) {
+    }
+  }
   if ((events & UV_WRITABLE) != 0 && self->writer_polling()) self->write_ready();
 }
 
@@ -227,9 +233,9 @@ PyObject* DatagramTransport::address_object(const sockaddr_storage& from, sockle
   return addr;
 }
 
-void DatagramTransport::read_ready() {
+bool DatagramTransport::read_ready() {
   // asyncio's _read_ready.
-  if (conn_lost_ != 0 || protocol_ == nullptr) return;
+  if (conn_lost_ != 0 || protocol_ == nullptr) return false;
   Ref data;
   Ref addr;
   if (family_ == AF_INET || family_ == AF_INET6) {
@@ -242,12 +248,12 @@ void DatagramTransport::read_ready() {
                    reinterpret_cast<sockaddr*>(&from), &from_len);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
-      if (would_block(errno)) return;
+      if (would_block(errno)) return false;
       // E.g. ConnectionRefusedError: an ICMP error for an earlier datagram.
       PyErr_SetFromErrno(PyExc_OSError);
       Ref exc(take_exception());
       error_received(exc.get());
-      return;
+      return false;
     }
     data = Ref(PyBytes_FromStringAndSize(l->read_buffer(), n));
     if (data) addr = Ref(address_object(from, from_len));
@@ -263,24 +269,28 @@ void DatagramTransport::read_ready() {
       PyErr_SetString(PyExc_TypeError, "socket.recvfrom() did not return (data, address)");
     } else if (is_retry_exception()) {
       PyErr_Clear();
-      return;
+      return false;
     } else if (PyErr_ExceptionMatches(PyExc_OSError)) {
       Ref exc(take_exception());
       error_received(exc.get());
-      return;
+      return false;
     }
   }
   if (!data || !addr) {
     if (is_exit_exception()) {
       loop()->defer_exception(take_exception());
-      return;
+      return false;
     }
     Ref exc(take_exception());
     if (!fatal_error(exc.get(), kReadError)) PyErr_WriteUnraisable(transport_);
-    return;
+    return false;
   }
   Ref r(call_method2(protocol_, g_str.datagram_received, data.get(), addr.get()));
-  if (!r) callback_failed("_read_ready");
+  if (!r) {
+    callback_failed("_read_ready");
+    return false;  // asyncio's Handle would end here too
+  }
+  return handle_open();
 }
 
 void DatagramTransport::error_received(PyObject* exc) {

@@ -6,9 +6,11 @@
 // is readable, one datagram is read (as asyncio's _read_ready does) and goes to
 // protocol.datagram_received(data, addr) at once; sendto() tries the socket at
 // once when nothing is queued and queues what would block, for the writable
-// callback to send in order. The Python socket object keeps the fd: it is
-// closed by the Python glue (fastloop/_datagram.py) after connection_lost,
-// once this handle is closed.
+// callback to send in order. One readiness event reads up to
+// kReadsPerEvent datagrams, while reading goes on (a pause or a close
+// between two stops it): a burst costs one poll, as with uvloop and rloop. The Python socket object
+// keeps the fd: it is closed by the Python glue (fastloop/_datagram.py) after connection_lost, once
+// this handle is closed.
 //
 // Addresses: for AF_INET and AF_INET6 the address tuples are made and parsed
 // here, exactly as the socket module makes them (inet_ntop; IPv6 with flow
@@ -92,7 +94,9 @@ class DatagramTransport final : public HandleOwner {
   enum class Sent { kDone, kWouldBlock, kFailed };
 
   static void on_poll(uv_poll_t* poll, int status, int events) noexcept;
-  void read_ready();
+  // Reads one datagram and delivers it; false when there was none to read
+  // (or reading must stop: an error, a pause, a close).
+  bool read_ready();
   void write_ready();
   // Sends one datagram; kFailed leaves the exception set.
   Sent send_one(PyObject* data, PyObject* addr);

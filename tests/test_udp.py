@@ -329,6 +329,34 @@ def test_exception_in_error_received_is_reported(loop, exc_handler_calls):
     exc_handler_calls.clear()
 
 
+def test_pause_reading_in_the_middle_of_a_burst(loop):
+    """Datagrams queued in the socket are delivered one by one until the protocol pauses;
+    none is read while paused, and the rest follow in order after resume_reading()."""
+
+    class Pausing(DatagramRecorder):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if len(self.datagrams) == 3:
+                self.transport.pause_reading()
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(Pausing, local_addr=(HOST, 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for i in range(10):
+                peer.sendto(b"%d" % i, tr.get_extra_info("sockname"))
+            await pr.wait_for(lambda: len(pr.datagrams) == 3)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert [d for d, _ in pr.datagrams] == [b"0", b"1", b"2"]
+            assert not tr.is_reading()
+            tr.resume_reading()
+            await pr.wait_for(lambda: len(pr.datagrams) == 10)
+        assert [d for d, _ in pr.datagrams] == [b"%d" % i for i in range(10)]
+        await close_endpoint(tr, pr)
+
+    run(loop, main())
+
+
 def test_sendto_checks_data_type(loop):
     async def main():
         tr, pr = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=(HOST, 0))
