@@ -76,7 +76,18 @@ void DatagramTransport::clear_buffer() noexcept {
   }
 }
 
+void DatagramTransport::release_handles() noexcept {
+  // A handle still in the ready queue runs as a cancelled one: nothing.
+  for (HandleObject** slot : {&read_handle_, &write_handle_}) {
+    if (HandleObject* h = std::exchange(*slot, nullptr)) {
+      cancel_handle(h);
+      Py_DECREF(h);
+    }
+  }
+}
+
 void DatagramTransport::clear_references() noexcept {
+  release_handles();
   clear_buffer();
   Py_CLEAR(protocol_);
   Py_CLEAR(transport_);
@@ -91,6 +102,8 @@ int DatagramTransport::traverse(visitproc visit, void* arg) const {
   Py_VISIT(transport_);
   Py_VISIT(protocol_);
   Py_VISIT(address_);
+  Py_VISIT(read_handle_);
+  Py_VISIT(write_handle_);
   for (const Queued& q : buffer_) Py_VISIT(q.addr);
   // Not sock_: the socket object would close the fd from its own finalizer
   // while the handle still watches it, if the collector finalized it first.
@@ -116,9 +129,28 @@ bool DatagramTransport::open(PyObject* py_self, PyObject* transport, PyObject* s
   // asyncio's transports take the fd's place in the selector: a reader or
   // writer added on it before goes (and libuv refuses an fd it watches).
   loop()->fd_watchers().evict(fd);
-  const bool ok = init_handle(
-      &poll_, py_self, [fd](uv_loop_t* l, uv_poll_t* p) { return uv_poll_init_socket(l, p, fd); });
-  if (!ok) return false;
+  // The handles the poll queues (asyncio's reader and writer), in the
+  // transport's context, made before the handle so a failure leaves nothing.
+  static PyObject* const kRead = PyUnicode_InternFromString("_read_ready");
+  static PyObject* const kWrite = PyUnicode_InternFromString("_sendto_ready");
+  Ref read_cb(PyObject_GetAttr(py_self, kRead));
+  Ref write_cb(read_cb ? PyObject_GetAttr(py_self, kWrite) : nullptr);
+  if (!write_cb) return false;
+  HandleObject* read_handle = new_handle(py_loop_, loop(), read_cb.get(), nullptr, 0, context());
+  HandleObject* write_handle =
+      read_handle != nullptr ? new_handle(py_loop_, loop(), write_cb.get(), nullptr, 0, context())
+                             : nullptr;
+  const bool ok =
+      write_handle != nullptr && init_handle(&poll_, py_self, [fd](uv_loop_t* l, uv_poll_t* p) {
+        return uv_poll_init_socket(l, p, fd);
+      });
+  if (!ok) {
+    Py_XDECREF(read_handle);
+    Py_XDECREF(write_handle);
+    return false;
+  }
+  read_handle_ = read_handle;
+  write_handle_ = write_handle;
   fd_ = fd;
   family_ = family;
   sock_ = Py_NewRef(sock);
@@ -172,16 +204,15 @@ void DatagramTransport::on_poll(uv_poll_t* poll, int status, int events) noexcep
     self->events_ = 0;
     if (!self->update_poll()) PyErr_WriteUnraisable(self->transport_);
   }
-  CallbackScope scope(*self);
-  if (!scope.ok()) {
-    self->callback_failed("_read_ready");
-    return;
+  // As asyncio's selector does with its reader and writer: their handles
+  // join the ready queue, behind the callbacks that were ready before the
+  // poll, so those run first (a task may be about to await a datagram).
+  if ((events & UV_READABLE) != 0 && self->reader_polling() && self->read_handle_ != nullptr) {
+    self->loop()->push_ready_now(self->read_handle_);
   }
-  if ((events & UV_READABLE) != 0) {
-    for (int i = 0; i < kReadsPerEvent && self->reader_polling() && self->read_ready(); ++i) {
-    }
+  if ((events & UV_WRITABLE) != 0 && self->writer_polling() && self->write_handle_ != nullptr) {
+    self->loop()->push_ready_now(self->write_handle_);
   }
-  if ((events & UV_WRITABLE) != 0 && self->writer_polling()) self->write_ready();
 }
 
 // ---- reading ----------------------------------------------------------------------
@@ -234,8 +265,25 @@ PyObject* DatagramTransport::address_object(const sockaddr_storage& from, sockle
 }
 
 bool DatagramTransport::read_ready() {
-  // asyncio's _read_ready.
-  if (conn_lost_ != 0 || protocol_ == nullptr) return false;
+  // The reader's handle: a burst costs one poll (udp.hpp). Reading stops
+  // when the protocol pauses or closes the transport.
+  for (int i = 0; i < kReadsPerEvent && reader_polling(); ++i) {
+    switch (read_one()) {
+      case Read::kDelivered:
+        continue;
+      case Read::kNone:
+        return true;
+      case Read::kRaised:
+        return false;
+    }
+  }
+  return true;
+}
+
+DatagramTransport::Read DatagramTransport::read_one() {
+  // asyncio's _read_ready: one datagram. What the protocol raises propagates
+  // to the handle, which reports it as asyncio's Handle does.
+  if (conn_lost_ != 0 || protocol_ == nullptr) return Read::kNone;
   Ref data;
   Ref addr;
   if (family_ == AF_INET || family_ == AF_INET6) {
@@ -248,12 +296,10 @@ bool DatagramTransport::read_ready() {
                    reinterpret_cast<sockaddr*>(&from), &from_len);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
-      if (would_block(errno)) return false;
+      if (would_block(errno)) return Read::kNone;
       // E.g. ConnectionRefusedError: an ICMP error for an earlier datagram.
       PyErr_SetFromErrno(PyExc_OSError);
-      Ref exc(take_exception());
-      error_received(exc.get());
-      return false;
+      return error_received();
     }
     data = Ref(PyBytes_FromStringAndSize(l->read_buffer(), n));
     if (data) addr = Ref(address_object(from, from_len));
@@ -269,49 +315,25 @@ bool DatagramTransport::read_ready() {
       PyErr_SetString(PyExc_TypeError, "socket.recvfrom() did not return (data, address)");
     } else if (is_retry_exception()) {
       PyErr_Clear();
-      return false;
+      return Read::kNone;
     } else if (PyErr_ExceptionMatches(PyExc_OSError)) {
-      Ref exc(take_exception());
-      error_received(exc.get());
-      return false;
+      return error_received();
     }
   }
   if (!data || !addr) {
-    if (is_exit_exception()) {
-      loop()->defer_exception(take_exception());
-      return false;
-    }
+    if (is_exit_exception()) return Read::kRaised;
     Ref exc(take_exception());
-    if (!fatal_error(exc.get(), kReadError)) PyErr_WriteUnraisable(transport_);
-    return false;
+    return fatal_error(exc.get(), kReadError) ? Read::kNone : Read::kRaised;
   }
   Ref r(call_method2(protocol_, g_str.datagram_received, data.get(), addr.get()));
-  if (!r) {
-    callback_failed("_read_ready");
-    return false;  // asyncio's Handle would end here too
-  }
-  return handle_open();
+  return r ? Read::kDelivered : Read::kRaised;
 }
 
-void DatagramTransport::error_received(PyObject* exc) {
-  if (protocol_ == nullptr) return;
-  Ref r(call_method1(protocol_, g_str.error_received, exc));
-  if (!r) callback_failed("_read_ready");
-}
-
-void DatagramTransport::callback_failed(const char* where) {
-  if (is_exit_exception()) {
-    loop()->defer_exception(take_exception());
-    return;
-  }
-  // asyncio runs _read_ready and _sendto_ready as Handles: what the protocol
-  // raises is reported as "Exception in callback ..." and the transport stays
-  // open. The glue makes that report.
-  static PyObject* const kReport = PyUnicode_InternFromString("_callback_error");
+DatagramTransport::Read DatagramTransport::error_received() {
   Ref exc(take_exception());
-  Ref name(PyUnicode_FromString(where));
-  Ref r(name ? call_method2(transport_, kReport, exc.get(), name.get()) : nullptr);
-  if (!r) PyErr_WriteUnraisable(transport_);
+  if (protocol_ == nullptr) return Read::kNone;
+  Ref r(call_method1(protocol_, g_str.error_received, exc.get()));
+  return r ? Read::kNone : Read::kRaised;
 }
 
 // ---- writing ----------------------------------------------------------------------
@@ -464,8 +486,9 @@ bool DatagramTransport::sendto(PyObject* data, PyObject* addr) {
   return !PyErr_Occurred();
 }
 
-void DatagramTransport::write_ready() {
-  // asyncio's _sendto_ready.
+bool DatagramTransport::write_ready() {
+  // asyncio's _sendto_ready, run by the writer's handle: what the protocol
+  // raises propagates to it.
   while (!buffer_.empty()) {
     Queued q = buffer_.front();
     buffer_.pop_front();
@@ -479,32 +502,22 @@ void DatagramTransport::write_ready() {
     Py_DECREF(q.data);
     Py_DECREF(q.addr);
     if (sent == Sent::kFailed) {
-      if (is_exit_exception()) {
-        loop()->defer_exception(take_exception());
-        return;
-      }
-      const bool os_error = PyErr_ExceptionMatches(PyExc_OSError) != 0;
+      if (is_exit_exception()) return false;
+      if (PyErr_ExceptionMatches(PyExc_OSError)) return error_received() != Read::kRaised;
       Ref exc(take_exception());
-      if (os_error) {
-        if (protocol_ != nullptr) {
-          Ref r(call_method1(protocol_, g_str.error_received, exc.get()));
-          if (!r) callback_failed("_sendto_ready");
-        }
-      } else if (!fatal_error(exc.get(), kWriteError)) {
-        PyErr_WriteUnraisable(transport_);
-      }
-      return;
+      return fatal_error(exc.get(), kWriteError);
     }
   }
   maybe_resume_protocol();  // may queue more datagrams
   if (buffer_.empty()) {
-    if (!update_poll()) PyErr_WriteUnraisable(transport_);
+    if (!update_poll()) return false;
     if (closing_ && transport_ != nullptr) {
       // Through the glue's _call_connection_lost, which closes the socket.
       Ref r(call_method1(transport_, g_str.call_connection_lost, Py_None));
-      if (!r) callback_failed("_sendto_ready");
+      if (!r) return false;
     }
   }
+  return true;
 }
 
 // ---- flow control -------------------------------------------------------------------
@@ -604,6 +617,7 @@ bool DatagramTransport::call_connection_lost(PyObject* exc) {
   // after this; the handle must stop watching its fd first).
   events_ = 0;
   close_handle();
+  release_handles();
   protocol_connected_ = false;
   Py_CLEAR(protocol_);
   Py_CLEAR(sock_);

@@ -2,13 +2,15 @@
 // behind loop.create_datagram_endpoint(): asyncio's _SelectorDatagramTransport
 // on the running Python is the reference for every behaviour.
 //
-// One uv_poll_t watches the socket; the syscalls are ours. When the socket
-// is readable, one datagram is read (as asyncio's _read_ready does) and goes to
-// protocol.datagram_received(data, addr) at once; sendto() tries the socket at
-// once when nothing is queued and queues what would block, for the writable
-// callback to send in order. One readiness event reads up to
-// kReadsPerEvent datagrams, while reading goes on (a pause or a close
-// between two stops it): a burst costs one poll, as with uvloop and rloop. The Python socket object
+// One uv_poll_t watches the socket; the syscalls are ours. As asyncio's
+// selector queues a transport's reader and writer, the poll queues this
+// transport's read and write handles in the loop's ready queue. The read
+// handle reads a datagram (as asyncio's _read_ready does) and hands it to
+// protocol.datagram_received(data, addr), and goes on, up to kReadsPerEvent
+// datagrams while reading goes on (a pause or a close between two stops
+// it): a burst costs one poll, as with uvloop and rloop. sendto() tries the
+// socket at once when nothing is queued and queues what would block, for
+// the write handle to send in order. The Python socket object
 // keeps the fd: it is closed by the Python glue (fastloop/_datagram.py) after connection_lost, once
 // this handle is closed.
 //
@@ -29,6 +31,7 @@
 #include <cstddef>
 #include <deque>
 
+#include "handles.hpp"
 #include "loop.hpp"
 #include "owner.hpp"
 #include "pyutil.hpp"
@@ -65,6 +68,12 @@ class DatagramTransport final : public HandleOwner {
   bool resume_reading();
   // Starts reading (asyncio starts after connection_made has run).
   bool start_reading();
+  // What the read and write handles call (_read_ready, _sendto_ready) when
+  // the poll has queued them. False with the exception set when the
+  // protocol raised: the handle reports it as asyncio's Handle does, and
+  // the transport stays open.
+  bool read_ready();
+  bool write_ready();
   bool set_protocol(PyObject* protocol);
   PyObject* protocol() const noexcept { return protocol_; }
   size_t write_buffer_size() const noexcept { return buffer_size_; }
@@ -93,11 +102,14 @@ class DatagramTransport final : public HandleOwner {
   };
   enum class Sent { kDone, kWouldBlock, kFailed };
 
+  enum class Read { kDelivered, kNone, kRaised };
+
   static void on_poll(uv_poll_t* poll, int status, int events) noexcept;
-  // Reads one datagram and delivers it; false when there was none to read
-  // (or reading must stop: an error, a pause, a close).
-  bool read_ready();
-  void write_ready();
+  // Reads one datagram and delivers it (kDelivered), finds none or an error
+  // it handled (kNone), or the protocol raised (kRaised, exception set).
+  Read read_one();
+  // protocol.error_received() with the current exception (an OSError).
+  Read error_received();
   // Sends one datagram; kFailed leaves the exception set.
   Sent send_one(PyObject* data, PyObject* addr);
   Sent send_native(const void* buf, size_t len, const sockaddr* to, socklen_t to_len) const;
@@ -111,20 +123,17 @@ class DatagramTransport final : public HandleOwner {
   void maybe_pause_protocol();
   void maybe_resume_protocol();
   void call_flow_control(PyObject* method, const char* message);
-  // The current exception came from the protocol's callback: SystemExit and
-  // KeyboardInterrupt leave the loop, anything else is reported (asyncio's
-  // Handle reports it and the transport stays open).
-  void callback_failed(const char* where);
   // asyncio's _fatal_error (called with the exception taken). False with
   // the exception set when _force_close could not schedule connection_lost.
   bool fatal_error(PyObject* exc, const char* message);
-  // protocol.error_received(exc) for an OSError of a send or receive.
-  void error_received(PyObject* exc);
   bool schedule_connection_lost(PyObject* exc);
   void clear_buffer() noexcept;
+  void release_handles() noexcept;
 
   uv_poll_t poll_{};
-  PyObject* py_loop_;  // strong, released only by the destructor (see owner.hpp)
+  HandleObject* read_handle_ = nullptr;   // calls _read_ready (see on_poll)
+  HandleObject* write_handle_ = nullptr;  // calls _sendto_ready
+  PyObject* py_loop_;                     // strong, released only by the destructor (see owner.hpp)
   PyObject* transport_ = nullptr;
   PyObject* protocol_ = nullptr;
   PyObject* sock_ = nullptr;

@@ -329,6 +329,30 @@ def test_exception_in_error_received_is_reported(loop, exc_handler_calls):
     exc_handler_calls.clear()
 
 
+def test_callbacks_ready_before_the_poll_run_before_datagram_received(loop):
+    """As asyncio's selector queues the transport's reader behind the callbacks already
+    ready, a callback scheduled before the poll that finds a datagram runs first (a task
+    may be about to set up what datagram_received needs: CPython's
+    test_datagram_send_to_non_listening_address depends on it)."""
+    order = []
+
+    class Recorder(DatagramRecorder):
+        def datagram_received(self, data, addr):
+            order.append("datagram_received")
+            super().datagram_received(data, addr)
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(Recorder, local_addr=(HOST, 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"x", tr.get_extra_info("sockname"))
+            loop.call_soon(order.append, "callback")
+            await pr.wait_for(lambda: pr.datagrams)
+        await close_endpoint(tr, pr)
+
+    run(loop, main())
+    assert order == ["callback", "datagram_received"]
+
+
 def test_pause_reading_in_the_middle_of_a_burst(loop):
     """Datagrams queued in the socket are delivered one by one until the protocol pauses;
     none is read while paused, and the rest follow in order after resume_reading()."""

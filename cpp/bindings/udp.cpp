@@ -87,6 +87,19 @@ PyObject* transport_get_write_buffer_size(PyObject* self, PyObject* /*unused*/) 
   return t == nullptr ? nullptr : PyLong_FromSize_t(t->write_buffer_size());
 }
 
+// The handles the poll queues when the socket is ready (see udp.hpp).
+PyObject* transport_read_ready(PyObject* self, PyObject* /*unused*/) {
+  DatagramTransport* t = checked(self);
+  if (t == nullptr || !t->read_ready()) return nullptr;
+  Py_RETURN_NONE;
+}
+
+PyObject* transport_sendto_ready(PyObject* self, PyObject* /*unused*/) {
+  DatagramTransport* t = checked(self);
+  if (t == nullptr || !t->write_ready()) return nullptr;
+  Py_RETURN_NONE;
+}
+
 PyMethodDef kFastMethods[] = {
     {"sendto", as_cfunction(transport_sendto), METH_FASTCALL | METH_KEYWORDS,
      "sendto(data, addr=None): send one datagram, queueing it if the socket would block."},
@@ -94,6 +107,10 @@ PyMethodDef kFastMethods[] = {
     {"is_reading", transport_is_reading, METH_NOARGS, "True while reading is not paused."},
     {"get_write_buffer_size", transport_get_write_buffer_size, METH_NOARGS,
      "Bytes queued (with a header per datagram on 3.13) and not yet sent."},
+    {"_read_ready", transport_read_ready, METH_NOARGS,
+     "Read what the socket has (the reader's handle calls it)."},
+    {"_sendto_ready", transport_sendto_ready, METH_NOARGS,
+     "Send what is queued (the writer's handle calls it)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

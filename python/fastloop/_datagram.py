@@ -169,18 +169,6 @@ class DatagramTransport(
             self._sock = None
             self._loop = None
 
-    def _callback_error(self, exc, where):
-        # An exception from the protocol's callback while the socket was read
-        # or written: asyncio's Handle reports it, and the transport stays open.
-        self._loop.call_exception_handler(
-            {
-                "message": f"Exception in callback {type(self).__name__}.{where}()",
-                "exception": exc,
-                "transport": self,
-                "protocol": self.get_protocol(),
-            }
-        )
-
 
 class DatagramMethods:
     """loop.create_datagram_endpoint() of asyncio's loop, mixed into fastloop.Loop."""
