@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <new>
 #include <utility>
 
 #include "errors.hpp"
@@ -23,7 +24,6 @@ using stream_detail::make_buf;
 
 StreamTransport::StreamTransport(PyObject* py_loop, StreamKind kind)
     : HandleOwner(core_of(py_loop), Lifetime::kPython), kind_(kind), py_loop_(Py_NewRef(py_loop)) {
-  write_req_.data = this;
   // Protocol callbacks run in a copy of the context current now, as asyncio
   // registers its transports' reader with a copy of it.
   if (!capture_context()) PyErr_Clear();
@@ -41,7 +41,7 @@ void StreamTransport::clear_references() noexcept {
   release_chunks(in_flight_);
   queued_bytes_ = 0;
   if (read_view_held_) {
-    PyBuffer_Release(&read_view_);
+    PyBuffer_Release(read_view_.get());
     read_view_held_ = false;
   }
   Py_CLEAR(protocol_);
@@ -219,20 +219,26 @@ void StreamTransport::on_alloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* b
   self->in_alloc_ = false;
   // On failure the error is kept for on_read (UV_ENOBUFS): closing, which
   // stops the read, is not allowed inside the allocation callback.
-  if (!buffer || PyObject_GetBuffer(buffer.get(), &self->read_view_, PyBUF_WRITABLE) < 0) {
+  if (buffer && !self->read_view_) {
+    // Made once, for a BufferedProtocol only (an idle connection stays small).
+    self->read_view_.reset(new (std::nothrow) Py_buffer{});
+    if (!self->read_view_) PyErr_NoMemory();
+  }
+  if (!buffer || !self->read_view_ ||
+      PyObject_GetBuffer(buffer.get(), self->read_view_.get(), PyBUF_WRITABLE) < 0) {
     Py_XSETREF(self->alloc_error_, take_exception());
     return;
   }
   self->read_view_held_ = true;
-  if (self->read_view_.len == 0) {
-    PyBuffer_Release(&self->read_view_);
+  if (self->read_view_->len == 0) {
+    PyBuffer_Release(self->read_view_.get());
     self->read_view_held_ = false;
     PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
     Py_XSETREF(self->alloc_error_, take_exception());
     return;
   }
-  *buf = make_buf(static_cast<const char*>(self->read_view_.buf),
-                  static_cast<size_t>(self->read_view_.len));
+  *buf = make_buf(static_cast<const char*>(self->read_view_->buf),
+                  static_cast<size_t>(self->read_view_->len));
 }
 
 void StreamTransport::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* /*buf*/) noexcept {
@@ -261,7 +267,7 @@ void StreamTransport::handle_read(ssize_t nread) {
     return;
   }
   if (read_view_held_) {
-    PyBuffer_Release(&read_view_);
+    PyBuffer_Release(read_view_.get());
     read_view_held_ = false;
   }
   if (nread == UV_EOF) {
@@ -292,7 +298,7 @@ void StreamTransport::read_data(ssize_t nread) {
   Ref result;
   if (buffered_ || read_view_held_) {
     if (read_view_held_) {
-      PyBuffer_Release(&read_view_);
+      PyBuffer_Release(read_view_.get());
       read_view_held_ = false;
     }
     Ref n(PyLong_FromSsize_t(nread));
@@ -447,7 +453,7 @@ void StreamTransport::handle_closed() noexcept {
   writing_ = false;
   release_chunks(in_flight_);
   if (read_view_held_) {
-    PyBuffer_Release(&read_view_);
+    PyBuffer_Release(read_view_.get());
     read_view_held_ = false;
   }
 }

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "loop.hpp"
@@ -175,15 +176,15 @@ class StreamTransport final : public HandleOwner {
     uv_tcp_t tcp;
     uv_pipe_t pipe;
   } handle_{};
-  uv_write_t write_req_{};
+  std::unique_ptr<uv_write_t> write_req_;  // made at the first queued write
   StreamKind kind_;
   PyObject* py_loop_;  // strong, released only by the destructor (see owner.hpp)
   PyObject* transport_ = nullptr;
   PyObject* protocol_ = nullptr;
   PyObject* sock_ = nullptr;
   PyObject* server_ = nullptr;
-  Py_buffer read_view_{};            // BufferedProtocol's buffer during a read
-  PyObject* alloc_error_ = nullptr;  // get_buffer() failed: reported by on_read
+  std::unique_ptr<Py_buffer> read_view_;  // BufferedProtocol's buffer during a read
+  PyObject* alloc_error_ = nullptr;       // get_buffer() failed: reported by on_read
   PyObject* empty_waiter_ = nullptr;
   bool read_view_held_ = false;
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <new>
 #include <vector>
 
 #include "errors.hpp"
@@ -231,13 +232,23 @@ void StreamTransport::flush_queue() {
     fatal_uv_error(-unpollable_errno_, write_error_message());
     return;
   }
+  if (!write_req_) {
+    // Made at the first write the kernel could not take at once, then kept:
+    // most connections never need one (an idle connection stays small).
+    write_req_.reset(new (std::nothrow) uv_write_t{});
+    if (!write_req_) {
+      PyErr_NoMemory();
+      return;
+    }
+    write_req_->data = this;
+  }
   std::vector<uv_buf_t> bufs;
   bufs.reserve(queued_.size());
   for (const Chunk& c : queued_) bufs.push_back(make_buf(c.base, c.len));
   in_flight_.swap(queued_);
   queued_bytes_ = 0;
-  const int err =
-      uv_write(&write_req_, stream(), bufs.data(), static_cast<unsigned>(bufs.size()), on_write);
+  const int err = uv_write(write_req_.get(), stream(), bufs.data(),
+                           static_cast<unsigned>(bufs.size()), on_write);
   if (err < 0) {
     release_chunks(in_flight_);
     fatal_uv_error(err, write_error_message());
