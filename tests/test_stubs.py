@@ -37,7 +37,8 @@ STUB = Path(__file__).resolve().parent.parent / "python" / "fastloop" / "_core.p
 
 # Names every class has without saying anything about our API: Python's and
 # pybind11's bookkeeping (_pybind11_conduit_v1_ is pybind11's cross-module
-# hook, present in some versions only), and the repr every object has.
+# hook, present in some versions only), the repr every object has, and the
+# offset a C type that supports vectorcall declares (__vectorcalloffset__).
 # Constructors (__init__/__new__) are compared apart (see test_constructors).
 CLASS_BOOKKEEPING = {
     "__doc__",
@@ -46,6 +47,7 @@ CLASS_BOOKKEEPING = {
     "__weakref__",
     "__repr__",
     "_pybind11_conduit_v1_",
+    "__vectorcalloffset__",
 }
 CONSTRUCTORS = {"__init__", "__new__"}
 

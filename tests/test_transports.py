@@ -127,6 +127,36 @@ def test_write_accepts_bytes_bytearray_memoryview(loop):
     assert got == expected
 
 
+def test_transport_methods_called_every_way(loop):
+    """A transport's methods work called on the instance, taken as a bound method first,
+    called through the class with the transport, and patched on one instance (fastloop
+    serves them from class attributes that call the native object: NativeMethod)."""
+
+    async def main():
+        async with raw_peer(Recorder) as (tr, pr, peer):
+            tr.write(b"a,")
+            write = tr.write
+            write(b"b,")
+            type(tr).write(tr, b"c,")
+            type(tr).writelines(tr, [b"d,", b"e,"])
+            assert type(tr).is_closing(tr) is False
+            assert type(tr).get_write_buffer_size(tr) == 0
+            calls = []
+            tr.write = calls.append  # one instance's method replaced, as tests do
+            tr.write(b"patched")
+            del tr.write
+            tr.write(b"f")
+            assert calls == [b"patched"]
+            expected = b"a,b,c,d,e,f"
+            got = await loop.run_in_executor(None, recv_exactly, peer, len(expected))
+            with pytest.raises(TypeError):
+                type(tr).write()
+            return got, expected
+
+    got, expected = run(loop, main())
+    assert got == expected
+
+
 @pytest.mark.parametrize("bad", ["text", 42, None, [b"list"]])
 def test_write_rejects_non_bytes(loop, bad):
     async def main():
@@ -908,3 +938,26 @@ def test_loop_sendfile_without_fallback(loop, data_file):
     sent, got = run(loop, main())
     assert sent == len(payload)
     assert got == payload
+
+
+def test_native_method_descriptor_misused():
+    """fastloop's NativeMethod (the class attribute behind its transports' methods) raises
+    for misuse instead of crashing. fastloop-only: asyncio's transports have no such type."""
+    from fastloop import _core
+
+    unnamed = _core.NativeMethod()
+    with pytest.raises(TypeError, match="no name"):
+        unnamed(object())
+
+    class Holder:
+        write = _core.NativeMethod()
+        _native = None
+
+    assert Holder.write.__name__ == "write"
+    assert "write" in repr(Holder.write)
+    with pytest.raises(AttributeError):
+        Holder().write(b"x")  # _native is None: no such method
+    with pytest.raises(AttributeError):
+        Holder.write(object(), b"x")  # no _native at all
+    with pytest.raises(TypeError):
+        Holder.write()  # no transport

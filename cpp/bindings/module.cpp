@@ -21,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
   fastloop::register_stream(m);
   fastloop::register_spawn(m);
   fastloop::register_udp(m);
+  fastloop::register_native_method(m);
 }

@@ -82,8 +82,9 @@ class DatagramTransport(
     _sock = None  # set first thing in __init__; __del__ may see an instance without it
     _native = None
 
-    # Called per datagram; the rest are looked up on the native object per call.
-    _NATIVE_METHODS = ("sendto", "is_closing", "get_write_buffer_size")
+    sendto = NativeMethod()
+    is_closing = NativeMethod()
+    get_write_buffer_size = NativeMethod()
     is_reading = NativeMethod()
     close = NativeMethod()
     abort = NativeMethod()
@@ -114,8 +115,6 @@ class DatagramTransport(
             _SENDS_EMPTY_DATAGRAMS,
         )
         self._native = native
-        for name in self._NATIVE_METHODS:
-            setattr(self, name, getattr(native, name))
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._address = address  # the remote address of a "connected" endpoint

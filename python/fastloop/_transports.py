@@ -73,34 +73,19 @@ def _socket_extra(sock, extra=None) -> dict:
     return info
 
 
-class NativeMethod:
-    """A class attribute serving the native object's method of the same name.
-
-    For the methods called once or twice in a connection's life (close,
-    set_protocol...): looked up on ``self._native`` at each access. The hot
-    ones are bound onto each instance instead (``_NATIVE_METHODS``), which
-    costs ~72 bytes per method per instance: an idle connection stays small.
-    """
-
-    __slots__ = ("_name",)
-
-    def __set_name__(self, owner, name):
-        self._name = name
-
-    def __get__(self, obj, objtype=None):
-        if obj is None:
-            return self
-        return getattr(obj._native, self._name)
+# A class attribute serving the native object's method of the same name
+# (cpp/bindings/native_method.cpp): nothing per instance, no bound object per call.
+NativeMethod = _core.NativeMethod
 
 
 class NativeStreamBacked:
     """What every transport on a _core.StreamTransport shares (sockets, pipes).
 
-    The native object's methods named in _NATIVE_METHODS are bound onto the
-    instance, so a call such as transport.write(data) goes straight to it;
-    the rest are NativeMethod class attributes. While its libuv handle is
-    open, the loop keeps the native object alive, and the native object
-    keeps this one (cpp/owner.hpp).
+    The native object's methods are NativeMethod class attributes (or, for
+    the classes that list them in _NATIVE_METHODS, bound onto each instance),
+    so a call such as transport.write(data) goes straight to it. While its
+    libuv handle is open, the loop keeps the native object alive, and the
+    native object keeps this one (cpp/owner.hpp).
     """
 
     _NATIVE_METHODS: tuple[str, ...] = ()
@@ -148,13 +133,10 @@ class StreamTransport(NativeStreamBacked, NativeFlowControl, transports._FlowCon
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
-    # Called per message (write, drain's is_closing, sslproto's buffer size).
-    _NATIVE_METHODS = (
-        "write",
-        "writelines",
-        "is_closing",
-        "get_write_buffer_size",
-    )
+    write = NativeMethod()
+    writelines = NativeMethod()
+    is_closing = NativeMethod()
+    get_write_buffer_size = NativeMethod()
     write_eof = NativeMethod()
     can_write_eof = NativeMethod()
     close = NativeMethod()
