@@ -414,8 +414,15 @@ DatagramTransport::Sent DatagramTransport::send_one(PyObject* data, PyObject* ad
   return Sent::kFailed;
 }
 
+bool DatagramTransport::check_opened() const {
+  if (transport_ != nullptr) return true;
+  PyErr_SetString(PyExc_RuntimeError, "the datagram transport is not open");
+  return false;
+}
+
 bool DatagramTransport::sendto(PyObject* data, PyObject* addr) {
   // asyncio's sendto.
+  if (!check_opened()) return false;
   if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
     Ref name(PyType_GetName(Py_TYPE(data)));
     if (name) {
@@ -562,6 +569,7 @@ bool DatagramTransport::set_write_buffer_limits(PyObject* high, PyObject* low) {
 
 bool DatagramTransport::close() {
   // asyncio's _SelectorTransport.close.
+  if (!check_opened()) return false;
   if (closing_) return true;
   closing_ = true;
   bool ok = update_poll();  // the reader goes
@@ -575,6 +583,7 @@ bool DatagramTransport::close() {
 
 bool DatagramTransport::force_close(PyObject* exc) {
   // asyncio's _force_close.
+  if (!check_opened()) return false;
   if (conn_lost_ != 0) return true;
   clear_buffer();
   closing_ = true;

@@ -104,6 +104,9 @@ class DatagramTransport final : public HandleOwner {
 
   enum class Read { kDelivered, kNone, kRaised };
 
+  // RuntimeError unless open() has run (the native half made by hand).
+  bool check_opened() const;
+
   static void on_poll(uv_poll_t* poll, int status, int events) noexcept;
   // Reads one datagram and delivers it (kDelivered), finds none or an error
   // it handled (kNone), or the protocol raised (kRaised, exception set).

@@ -4,6 +4,7 @@ argument checks."""
 
 import asyncio
 import errno
+import json
 import os
 import socket
 import tempfile
@@ -18,7 +19,9 @@ from .netutil import (
     NOT_A_DATAGRAM_SOCKET,
     SENDS_EMPTY_DATAGRAMS,
     TAKES_ANY_NON_STREAM_SOCKET,
+    child_stdout,
     run,
+    run_child,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -1007,3 +1010,38 @@ def test_bind_error(loop):
             await close_endpoint(tr, pr)
 
     run(loop, main())
+
+
+UNOPENED_NATIVE_CHILD = """
+import json
+from fastloop import _core
+lp = new_loop()
+out = {}
+calls = {
+    "sendto": lambda d: d.sendto(b"x", ("127.0.0.1", 9)),
+    "sendto_none": lambda d: d.sendto(b"x"),
+    "close": lambda d: d.close(),
+    "abort": lambda d: d.abort(),
+    "force_close": lambda d: d._force_close(None),
+}
+for name, call in calls.items():
+    try:
+        call(_core.DatagramTransport(lp))
+        out[name] = "ok"
+    except Exception as exc:
+        out[name] = [type(exc).__name__, str(exc)]
+lp.close()
+print(json.dumps(out))
+"""
+
+
+def test_native_datagram_transport_used_before_it_is_open():
+    """fastloop's private native half, made by hand and used before _open(): each call
+    raises RuntimeError. sendto() crashed the process (SIGSEGV) and close()/abort() raised
+    pybind11's internal error. fastloop-only: asyncio has no such object."""
+    out = run_child("fastloop", UNOPENED_NATIVE_CHILD, timeout=30)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(child_stdout(out))
+    message = "the datagram transport is not open"
+    assert result == {name: ["RuntimeError", message] for name in result}
+    assert len(result) == 5
