@@ -28,6 +28,7 @@
 #include "loop.hpp"
 #include "owner.hpp"
 #include "pyutil.hpp"
+#include "stream_detail.hpp"
 
 namespace fastloop {
 
@@ -67,7 +68,7 @@ class StreamTransport final : public HandleOwner {
   bool set_protocol(PyObject* protocol);
   PyObject* protocol() const noexcept { return protocol_; }
   size_t write_buffer_size() const noexcept;
-  bool protocol_paused() const noexcept { return protocol_paused_; }
+  bool protocol_paused() const noexcept { return flow_.paused(); }
   // The limits asyncio's _FlowControlMixin computed and checked (Python
   // numbers, kept there for get_write_buffer_limits); pauses if over.
   bool set_write_buffer_limits(PyObject* high, PyObject* low);
@@ -147,7 +148,6 @@ class StreamTransport final : public HandleOwner {
   void maybe_pause_protocol();
   void maybe_resume_protocol();
   // Calls protocol.pause_writing()/resume_writing(), reporting a failure.
-  void call_flow_control(PyObject* method, const char* message);
   void fatal_error(PyObject* exc, const char* message);
   void fatal_uv_error(int err, const char* message);
   const char* read_error_message() const noexcept {
@@ -193,8 +193,7 @@ class StreamTransport final : public HandleOwner {
   size_t queued_bytes_ = 0;
   bool writing_ = false;
 
-  size_t high_water_ = size_t{64} * 1024;
-  size_t low_water_ = size_t{16} * 1024;
+  stream_detail::WriteFlowControl flow_;
   int conn_lost_ = 0;
   int unpollable_errno_ = 0;  // the fd cannot be watched (see check_pollable)
   int pipe_fd_ = -1;          // see set_pipe_mode
@@ -205,7 +204,6 @@ class StreamTransport final : public HandleOwner {
   bool paused_ = false;   // pause_reading()
   bool closing_ = false;
   bool eof_written_ = false;
-  bool protocol_paused_ = false;
   bool protocol_connected_ = false;
   bool lost_scheduled_ = false;
   bool pipe_mode_ = false;

@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "hooks.hpp"
+#include "loop.hpp"
 #include "pyutil.hpp"
 
 namespace fastloop::stream_detail {
@@ -65,5 +67,55 @@ inline bool byte_limit(PyObject* value, size_t* out) {
   }
   return true;
 }
+
+// asyncio's _FlowControlMixin on the native side of both transports: the
+// write-buffer limits (computed and checked by asyncio's own mixin in Python,
+// kept there for get_write_buffer_limits) and whether the protocol was told
+// to pause. A failing pause_writing()/resume_writing() is reported, not
+// fatal, as asyncio goes on; SystemExit and KeyboardInterrupt leave the loop.
+class WriteFlowControl {
+ public:
+  bool paused() const noexcept { return paused_; }
+  // False with the exception set when a limit is not a number.
+  bool set_limits(PyObject* high, PyObject* low) {
+    size_t hi = 0;
+    size_t lo = 0;
+    if (!byte_limit(high, &hi) || !byte_limit(low, &lo)) return false;
+    high_ = hi;
+    low_ = lo;
+    return true;
+  }
+  // protocol.pause_writing() once `buffered` is over the high-water mark.
+  void maybe_pause(size_t buffered, PyObject* protocol, PyObject* transport, Loop* loop) {
+    if (buffered <= high_ || paused_ || protocol == nullptr) return;
+    paused_ = true;
+    call(protocol, g_str.pause_writing, "protocol.pause_writing() failed", transport, loop);
+  }
+  // protocol.resume_writing() once `buffered` is back to the low-water mark.
+  void maybe_resume(size_t buffered, PyObject* protocol, PyObject* transport, Loop* loop) {
+    if (!paused_ || buffered > low_ || protocol == nullptr) return;
+    paused_ = false;
+    call(protocol, g_str.resume_writing, "protocol.resume_writing() failed", transport, loop);
+  }
+
+ private:
+  static void call(PyObject* protocol, PyObject* method, const char* message, PyObject* transport,
+                   Loop* loop) {
+    Ref r(call_method0(protocol, method));
+    if (r) return;
+    if (is_exit_exception()) {
+      loop->defer_exception(take_exception());
+      return;
+    }
+    Ref exc(take_exception());
+    Ref rr(PyObject_CallFunction(g_hooks.transport_error, "OOsO", transport, exc.get(), message,
+                                 Py_False));
+    if (!rr) PyErr_WriteUnraisable(transport);
+  }
+
+  size_t high_ = size_t{64} * 1024;
+  size_t low_ = size_t{16} * 1024;
+  bool paused_ = false;
+};
 
 }  // namespace fastloop::stream_detail

@@ -21,8 +21,6 @@
 
 namespace fastloop {
 
-using stream_detail::byte_limit;
-using stream_detail::call_method0;
 using stream_detail::is_exit_exception;
 using stream_detail::make_buf;
 
@@ -310,37 +308,15 @@ bool StreamTransport::shutdown_now() {
 }
 
 void StreamTransport::maybe_pause_protocol() {
-  if (write_buffer_size() <= high_water_ || protocol_paused_ || protocol_ == nullptr) return;
-  protocol_paused_ = true;
-  call_flow_control(g_str.pause_writing, "protocol.pause_writing() failed");
+  flow_.maybe_pause(write_buffer_size(), protocol_, transport_, loop());
 }
 
 void StreamTransport::maybe_resume_protocol() {
-  if (!protocol_paused_ || write_buffer_size() > low_water_ || protocol_ == nullptr) return;
-  protocol_paused_ = false;
-  call_flow_control(g_str.resume_writing, "protocol.resume_writing() failed");
-}
-
-void StreamTransport::call_flow_control(PyObject* method, const char* message) {
-  Ref r(call_method0(protocol_, method));
-  if (r) return;
-  if (is_exit_exception()) {
-    loop()->defer_exception(take_exception());
-    return;
-  }
-  // Reported, not fatal: asyncio goes on with the connection.
-  Ref exc(take_exception());
-  Ref rr(PyObject_CallFunction(g_hooks.transport_error, "OOsO", transport_, exc.get(), message,
-                               Py_False));
-  if (!rr) PyErr_WriteUnraisable(transport_);
+  flow_.maybe_resume(write_buffer_size(), protocol_, transport_, loop());
 }
 
 bool StreamTransport::set_write_buffer_limits(PyObject* high, PyObject* low) {
-  size_t hi = 0;
-  size_t lo = 0;
-  if (!byte_limit(high, &hi) || !byte_limit(low, &lo)) return false;
-  high_water_ = hi;
-  low_water_ = lo;
+  if (!flow_.set_limits(high, low)) return false;
   maybe_pause_protocol();
   return !PyErr_Occurred();
 }

@@ -17,8 +17,6 @@
 
 namespace fastloop {
 
-using stream_detail::byte_limit;
-using stream_detail::call_method0;
 using stream_detail::call_method1;
 using stream_detail::is_exit_exception;
 
@@ -530,37 +528,15 @@ bool DatagramTransport::write_ready() {
 // ---- flow control -------------------------------------------------------------------
 
 void DatagramTransport::maybe_pause_protocol() {
-  if (buffer_size_ <= high_water_ || protocol_paused_ || protocol_ == nullptr) return;
-  protocol_paused_ = true;
-  call_flow_control(g_str.pause_writing, "protocol.pause_writing() failed");
+  flow_.maybe_pause(buffer_size_, protocol_, transport_, loop());
 }
 
 void DatagramTransport::maybe_resume_protocol() {
-  if (!protocol_paused_ || buffer_size_ > low_water_ || protocol_ == nullptr) return;
-  protocol_paused_ = false;
-  call_flow_control(g_str.resume_writing, "protocol.resume_writing() failed");
-}
-
-void DatagramTransport::call_flow_control(PyObject* method, const char* message) {
-  Ref r(call_method0(protocol_, method));
-  if (r) return;
-  if (is_exit_exception()) {
-    loop()->defer_exception(take_exception());
-    return;
-  }
-  // Reported, not fatal: asyncio goes on.
-  Ref exc(take_exception());
-  Ref rr(PyObject_CallFunction(g_hooks.transport_error, "OOsO", transport_, exc.get(), message,
-                               Py_False));
-  if (!rr) PyErr_WriteUnraisable(transport_);
+  flow_.maybe_resume(buffer_size_, protocol_, transport_, loop());
 }
 
 bool DatagramTransport::set_write_buffer_limits(PyObject* high, PyObject* low) {
-  size_t hi = 0;
-  size_t lo = 0;
-  if (!byte_limit(high, &hi) || !byte_limit(low, &lo)) return false;
-  high_water_ = hi;
-  low_water_ = lo;
+  if (!flow_.set_limits(high, low)) return false;
   maybe_pause_protocol();
   return !PyErr_Occurred();
 }

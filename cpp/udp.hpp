@@ -35,6 +35,7 @@
 #include "loop.hpp"
 #include "owner.hpp"
 #include "pyutil.hpp"
+#include "stream_detail.hpp"
 
 namespace fastloop {
 
@@ -77,7 +78,7 @@ class DatagramTransport final : public HandleOwner {
   bool set_protocol(PyObject* protocol);
   PyObject* protocol() const noexcept { return protocol_; }
   size_t write_buffer_size() const noexcept { return buffer_size_; }
-  bool protocol_paused() const noexcept { return protocol_paused_; }
+  bool protocol_paused() const noexcept { return flow_.paused(); }
   bool reader_polling() const noexcept { return (events_ & UV_READABLE) != 0; }
   bool writer_polling() const noexcept { return (events_ & UV_WRITABLE) != 0; }
   // The limits asyncio's _FlowControlMixin computed and checked; pauses if over.
@@ -125,7 +126,6 @@ class DatagramTransport final : public HandleOwner {
   bool update_poll();
   void maybe_pause_protocol();
   void maybe_resume_protocol();
-  void call_flow_control(PyObject* method, const char* message);
   // asyncio's _fatal_error (called with the exception taken). False with
   // the exception set when _force_close could not schedule connection_lost.
   bool fatal_error(PyObject* exc, const char* message);
@@ -144,8 +144,7 @@ class DatagramTransport final : public HandleOwner {
   std::deque<Queued> buffer_;
   size_t buffer_size_ = 0;
   size_t header_size_ = 0;
-  size_t high_water_ = size_t{64} * 1024;
-  size_t low_water_ = size_t{16} * 1024;
+  stream_detail::WriteFlowControl flow_;
   int fd_ = -1;
   int family_ = AF_UNSPEC;
   int events_ = 0;  // what the poll watches (UV_READABLE | UV_WRITABLE)
@@ -155,7 +154,6 @@ class DatagramTransport final : public HandleOwner {
   bool closing_ = false;
   bool paused_ = false;
   bool started_ = false;  // start_reading() has run (after connection_made)
-  bool protocol_paused_ = false;
   bool protocol_connected_ = false;
   bool lost_scheduled_ = false;
   bool lost_called_ = false;  // call_connection_lost() has run: the socket is gone
