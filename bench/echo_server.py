@@ -42,13 +42,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
-import sys
-import traceback
-from pathlib import Path
 
 from bench import loops
+from bench.server_process import announce_ready, start_or_report
 
 STYLES = ("protocol", "buffered", "streams", "sockets", "datagram")
 TRANSPORTS = ("tcp", "unix", "udp")
@@ -177,21 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--transport unix needs --path")
     loop = loops.new_loop(args.loop)
     asyncio.set_event_loop(loop)
-    try:
-        keep, where = loop.run_until_complete(start(loop, args.style, args.transport, args.path))
-    except Exception as exc:
-        # The traceback, then one line the driver can quote: what failed and where.
-        traceback.print_exc()
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        print(f"{what} (at {where})", file=sys.stderr)
+    started = start_or_report(loop, start(loop, args.style, args.transport, args.path))
+    if started is None:
         return 1
-    print(f"READY {args.transport} {where}", flush=True)
-    # The server only ever prints that line: point stdout elsewhere so a full pipe
-    # (nobody reads it after READY) can never block the loop.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    keep, where = started
+    announce_ready(f"READY {args.transport} {where}")
     loop.run_forever()
     del keep
     return 0

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
-import traceback
-from pathlib import Path
 
 from bench import loops
+from bench.server_process import announce_ready, start_or_report
 
 APPS = ("uvicorn", "aiohttp")
 HOST = "127.0.0.1"
@@ -108,20 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     loop = loops.new_loop(args.loop)
     asyncio.set_event_loop(loop)
     start = start_uvicorn if args.app == "uvicorn" else start_aiohttp
-    try:
-        keep, port = loop.run_until_complete(start(loop))
-    except Exception as exc:
-        traceback.print_exc()
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        print(f"{what} (at {where})", file=sys.stderr)
+    started = start_or_report(loop, start(loop))
+    if started is None:
         return 1
-    print(f"READY tcp {HOST} {port}", flush=True)
-    # Nothing else is printed on stdout: point it elsewhere so that a full pipe
-    # (nobody reads it after READY) can never block the loop.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    keep, port = started
+    announce_ready(f"READY tcp {HOST} {port}")
     if args.app == "uvicorn":
         loop.run_until_complete(keep[1])  # returns once SIGTERM made uvicorn shut down
     else:
