@@ -34,6 +34,12 @@ bool init_strings() noexcept {
   g_str.on_connection = PyUnicode_InternFromString("_on_connection");
   g_str.on_accept_error = PyUnicode_InternFromString("_on_accept_error");
   g_str.run = PyUnicode_InternFromString("run");
+  g_str.read_ready = PyUnicode_InternFromString("_read_ready");
+  g_str.sendto_ready = PyUnicode_InternFromString("_sendto_ready");
+  g_str.recvfrom = PyUnicode_InternFromString("recvfrom");
+  g_str.send = PyUnicode_InternFromString("send");
+  g_str.sendto = PyUnicode_InternFromString("sendto");
+  g_str.native = PyUnicode_InternFromString("_native");
   // Every field is a PyObject*: all must have been made.
   static_assert(sizeof(Strings) % sizeof(PyObject*) == 0);
   const auto* fields = reinterpret_cast<PyObject* const*>(&g_str);

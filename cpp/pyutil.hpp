@@ -107,6 +107,12 @@ struct Strings {
   PyObject* on_connection;    // "_on_connection" (the Python listener)
   PyObject* on_accept_error;  // "_on_accept_error"
   PyObject* run;              // Context.run
+  PyObject* read_ready;       // "_read_ready" (the datagram transport's handles)
+  PyObject* sendto_ready;     // "_sendto_ready"
+  PyObject* recvfrom;         // socket methods the datagram transport falls back on
+  PyObject* send;
+  PyObject* sendto;
+  PyObject* native;  // "_native": a Python transport's native half (NativeMethod)
 };
 extern Strings g_str;
 bool init_strings() noexcept;

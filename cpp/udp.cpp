@@ -129,10 +129,8 @@ bool DatagramTransport::open(PyObject* py_self, PyObject* transport, PyObject* s
   loop()->fd_watchers().evict(fd);
   // The handles the poll queues (asyncio's reader and writer), in the
   // transport's context, made before the handle so a failure leaves nothing.
-  static PyObject* const kRead = PyUnicode_InternFromString("_read_ready");
-  static PyObject* const kWrite = PyUnicode_InternFromString("_sendto_ready");
-  Ref read_cb(PyObject_GetAttr(py_self, kRead));
-  Ref write_cb(read_cb ? PyObject_GetAttr(py_self, kWrite) : nullptr);
+  Ref read_cb(PyObject_GetAttr(py_self, g_str.read_ready));
+  Ref write_cb(read_cb ? PyObject_GetAttr(py_self, g_str.sendto_ready) : nullptr);
   if (!write_cb) return false;
   HandleObject* read_handle = new_handle(py_loop_, loop(), read_cb.get(), nullptr, 0, context());
   HandleObject* write_handle =
@@ -303,9 +301,8 @@ DatagramTransport::Read DatagramTransport::read_one() {
     if (data) addr = Ref(address_object(from, from_len));
   } else {
     // Other families: the socket object's recvfrom() makes the address.
-    static PyObject* const kRecvfrom = PyUnicode_InternFromString("recvfrom");
     Ref size(PyLong_FromSize_t(loop()->read_buffer_size()));
-    Ref pair(size ? call_method1(sock_, kRecvfrom, size.get()) : nullptr);
+    Ref pair(size ? call_method1(sock_, g_str.recvfrom, size.get()) : nullptr);
     if (pair && PyTuple_Check(pair.get()) && PyTuple_GET_SIZE(pair.get()) == 2) {
       data = Ref::borrow(PyTuple_GET_ITEM(pair.get(), 0));
       addr = Ref::borrow(PyTuple_GET_ITEM(pair.get(), 1));
@@ -401,9 +398,8 @@ DatagramTransport::Sent DatagramTransport::send_one(PyObject* data, PyObject* ad
     }
     PyErr_Clear();  // the socket object raises its own error below
   }
-  static PyObject* const kSend = PyUnicode_InternFromString("send");
-  static PyObject* const kSendto = PyUnicode_InternFromString("sendto");
-  Ref r(connected_ ? call_method1(sock_, kSend, data) : call_method2(sock_, kSendto, data, addr));
+  Ref r(connected_ ? call_method1(sock_, g_str.send, data)
+                   : call_method2(sock_, g_str.sendto, data, addr));
   if (r) return Sent::kDone;
   if (is_retry_exception()) {
     PyErr_Clear();

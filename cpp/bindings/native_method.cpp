@@ -31,10 +31,8 @@ struct NativeMethodObject {
   vectorcallfunc vectorcall;
 };
 
-PyObject* g_native_attr = nullptr;  // "_native"
-
 PyObject* native_of(PyObject* transport) {
-  return PyObject_GetAttr(transport, g_native_attr);
+  return PyObject_GetAttr(transport, g_str.native);
 }
 
 bool check_named(NativeMethodObject* self) {
@@ -140,8 +138,6 @@ PyMemberDef kMembers[] = {
 }  // namespace
 
 void register_native_method(pybind11::module_& m) {
-  g_native_attr = PyUnicode_InternFromString("_native");
-  if (g_native_attr == nullptr) throw pybind11::error_already_set();
   PyType_Slot slots[] = {
       {Py_tp_new, reinterpret_cast<void*>(native_method_new)},
       {Py_tp_init, reinterpret_cast<void*>(native_method_init)},
