@@ -103,7 +103,7 @@ Owner* make_owner(Loop* loop) noexcept {
 
 }  // namespace
 
-Loop::Loop() : watchers_(this), read_buffer_(kReadBufferSize) {}
+Loop::Loop() : watchers_(this), sock_waits_(this), read_buffer_(kReadBufferSize) {}
 
 namespace {
 
@@ -219,7 +219,9 @@ void Loop::detach_from_parent() noexcept {
     // Without a loop of its own, the child must not touch the parent's epoll:
     // leave the libuv loop unclosed (the process image ends with it).
     uv_open_ = false;
+    return;
   }
+  sock_waits_.reset_after_fork();
 }
 
 void Loop::poll_io(bool may_block) {
@@ -442,6 +444,7 @@ void Loop::clear_references() noexcept {
   while (!ready_.empty()) release_queued(ready_.pop());
   timers_.clear();
   watchers_.close_all();
+  sock_waits_.close_all();
   while (!ready_.empty()) release_queued(ready_.pop());
   Py_CLEAR(deferred_exc_);
   Py_CLEAR(task_factory_);
@@ -459,6 +462,7 @@ int Loop::traverse(visitproc visit, void* arg) const {
   }
   if ((r = timers_.traverse(visit, arg)) != 0) return r;
   if ((r = watchers_.traverse(visit, arg)) != 0) return r;
+  if ((r = sock_waits_.traverse(visit, arg)) != 0) return r;
   Py_VISIT(task_factory_);
   // The Python objects kept alive for their active handles (owner.hpp): the
   // collector then sees a loop and its transports as one cycle and can

@@ -44,6 +44,7 @@
 #include "handles.hpp"
 #include "owner.hpp"
 #include "poll.hpp"
+#include "sockwait.hpp"
 #include "timers.hpp"
 
 namespace fastloop {
@@ -108,6 +109,9 @@ class Loop {
   // (uv_loop_fork). Deferred to then, because the fork may have happened
   // inside one of libuv's callbacks.
   void after_fork() noexcept { forked_ = true; }
+  // Does what after_fork() deferred, if it is still to do (before the child
+  // polls, or touches kernel state the parent shares).
+  void detach_from_parent() noexcept;
 
   // ---- state ----
   bool closed() const noexcept { return closed_; }
@@ -192,6 +196,7 @@ class Loop {
   void defer_exception(PyObject* exc) noexcept;
 
   FdWatchers& fd_watchers() noexcept { return watchers_; }
+  SockWaits& sock_waits() noexcept { return sock_waits_; }
   // Every handle owner with a live handle is registered here, from its
   // init until its close callback (see owner.hpp): the loop closes them when
   // it closes, and shows their Python owners to the garbage collector.
@@ -217,7 +222,6 @@ class Loop {
   bool run_iteration();
   // Could a poll deliver anything: an fd watcher, a transport, a request?
   bool has_io_sources() const noexcept;
-  void detach_from_parent() noexcept;
   void poll_io(bool may_block);
   bool run_ready_in_debug(HandleObject* h);
   void close_owners() noexcept;
@@ -233,6 +237,7 @@ class Loop {
   std::vector<HandleObject*> scheduled_while_polling_;  // see push_ready()
   TimerHeap timers_;
   FdWatchers watchers_;
+  SockWaits sock_waits_;
   std::vector<char> read_buffer_;
 
   PyObject* self_ = nullptr;  // borrowed: the Python object embedding this core

@@ -95,6 +95,7 @@ void FdWatchers::evict_idle(int fd) {
 }
 
 void FdWatchers::evict(int fd) {
+  loop_->sock_waits().evict(fd);
   auto it = by_fd_.find(fd);
   if (it == by_fd_.end()) return;
   Watcher* w = it->second;

@@ -1,10 +1,271 @@
 #include "sockwait.hpp"
 
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <new>
+#include <utility>
+#include <vector>
+
 #include "errors.hpp"
 #include "hooks.hpp"
 #include "loop.hpp"
 
 namespace fastloop {
+
+// ---- SockWaits: the private epoll instance -------------------------------------
+
+class SockWaits::Poller final : public HandleOwner {
+ public:
+  Poller(Loop* loop, int epfd) noexcept : HandleOwner(loop, Lifetime::kSelf), epfd(epfd) {}
+  bool init() noexcept {
+    return init_handle(&poll, nullptr,
+                       [this](uv_loop_t* l, uv_poll_t* p) { return uv_poll_init(l, p, epfd); });
+  }
+  uv_poll_t poll{};
+  const int epfd;
+
+ private:
+  ~Poller() override { close(epfd); }
+  friend class SockWaits;
+};
+
+namespace {
+
+// Events in a row that find no wait on a registered fd before it is
+// unregistered: a socket the program stopped waiting on (it reads it some
+// other way now, or dropped it) should not wake the loop for ever, but one
+// that is read at once, without waiting, now and then should stay registered.
+constexpr uint8_t kIdleLimit = 8;
+
+// The socket object `ref` (a weak reference) refers to is `sock`.
+bool refers_to(PyObject* ref, PyObject* sock) noexcept {
+  if (ref == nullptr) return false;
+#if PY_VERSION_HEX >= 0x030D0000
+  PyObject* target = nullptr;
+  if (PyWeakref_GetRef(ref, &target) < 0) {
+    PyErr_Clear();
+    return false;
+  }
+  Py_XDECREF(target);  // only compared, never dereferenced
+  return target == sock;
+#else
+  return PyWeakref_GET_OBJECT(ref) == sock;
+#endif
+}
+
+}  // namespace
+
+bool SockWaits::ensure_poller() {
+  if (poller_ != nullptr) return true;
+  const int epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd < 0) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    return false;
+  }
+  auto* p = new (std::nothrow) Poller(loop_, epfd);
+  if (p == nullptr) {
+    close(epfd);
+    PyErr_NoMemory();
+    return false;
+  }
+  if (!p->init()) {
+    delete p;  // never registered: ours to free (closes epfd)
+    return false;
+  }
+  const int err = uv_poll_start(&p->poll, UV_READABLE, [](uv_poll_t* poll, int, int) {
+    Loop* loop = HandleOwner::owner_of<Poller>(poll->data)->loop();
+    GilFromLibuv gil(loop);
+    loop->sock_waits().drain();
+  });
+  if (err < 0) {
+    p->close_handle();  // the close callback frees it
+    set_uv_error(err);
+    return false;
+  }
+  poller_ = p;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&p->poll));  // no wait yet
+  return true;
+}
+
+void SockWaits::update_ref() noexcept {
+  if (poller_ == nullptr || !poller_->handle_open()) return;
+  auto* h = reinterpret_cast<uv_handle_t*>(&poller_->poll);
+  if (waiting_ > 0) {
+    uv_ref(h);
+  } else {
+    uv_unref(h);
+  }
+}
+
+bool SockWaits::register_fd(int fd, Entry& e, PyObject* sock, uint32_t events) {
+  if (!ensure_poller()) return false;
+  epoll_event ev{};
+  ev.events = events | EPOLLET;
+  ev.data.fd = fd;
+  const bool known = refers_to(e.registered, sock);
+  // A socket not known to be registered is added; EEXIST means its file is
+  // already there under this number (another socket object on the same fd).
+  int rc = epoll_ctl(poller_->epfd, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
+  if (rc < 0 && !known && errno == EEXIST) {
+    rc = epoll_ctl(poller_->epfd, EPOLL_CTL_MOD, fd, &ev);
+  }
+  if (rc < 0) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    return false;
+  }
+  if (!known) {
+    PyObject* ref = PyWeakref_NewRef(sock, nullptr);
+    if (ref == nullptr) PyErr_Clear();  // no weak references: re-add at each wait
+    Py_XSETREF(e.registered, ref);
+  }
+  e.events = events;
+  e.idle_hits = 0;
+  return true;
+}
+
+bool SockWaits::add(int fd, Interest what, PyObject* sock, HandleObject* h) {
+  loop_->detach_from_parent();  // a forked child needs its own epoll first
+  Entry& e = by_fd_[fd];
+  const uint32_t want = what == Interest::kRead ? EPOLLIN : EPOLLOUT;
+  if ((e.events & want) == 0 || !refers_to(e.registered, sock)) {
+    if (!register_fd(fd, e, sock, e.events | want)) {
+      if (e.reader == nullptr && e.writer == nullptr && e.registered == nullptr) by_fd_.erase(fd);
+      return false;
+    }
+  }
+  HandleObject*& slot = what == Interest::kRead ? e.reader : e.writer;
+  HandleObject* old = std::exchange(slot, reinterpret_cast<HandleObject*>(Py_NewRef(h)));
+  if (old == nullptr) {
+    ++waiting_;
+    update_ref();
+  } else {
+    // Released last: cancelling may run Python code that waits again.
+    cancel_handle(old);
+    Py_DECREF(old);
+  }
+  return true;
+}
+
+bool SockWaits::remove(int fd, Interest what) {
+  auto it = by_fd_.find(fd);
+  if (it == by_fd_.end()) return false;
+  HandleObject*& slot = what == Interest::kRead ? it->second.reader : it->second.writer;
+  HandleObject* old = std::exchange(slot, nullptr);
+  if (old == nullptr) return false;
+  --waiting_;
+  update_ref();
+  cancel_handle(old);
+  Py_DECREF(old);
+  return true;
+}
+
+void SockWaits::forget(Entry& e) noexcept {
+  Py_CLEAR(e.registered);
+  e.events = 0;
+  e.idle_hits = 0;
+}
+
+void SockWaits::evict(int fd) {
+  auto it = by_fd_.find(fd);
+  if (it == by_fd_.end()) return;
+  Entry e = it->second;
+  by_fd_.erase(it);
+  if (e.registered != nullptr && poller_ != nullptr && poller_->handle_open()) {
+    epoll_event ev{};
+    epoll_ctl(poller_->epfd, EPOLL_CTL_DEL, fd, &ev);  // ENOENT/EBADF: nothing to undo
+  }
+  forget(e);
+  for (HandleObject* h : {e.reader, e.writer}) {
+    if (h == nullptr) continue;
+    --waiting_;
+    cancel_handle(h);
+    Py_DECREF(h);
+  }
+  update_ref();
+}
+
+void SockWaits::drain() noexcept {
+  if (poller_ == nullptr || !poller_->handle_open()) return;
+  constexpr int kBatch = 64;
+  epoll_event events[kBatch];
+  for (;;) {
+    const int n = epoll_wait(poller_->epfd, events, kBatch, 0);
+    if (n < 0 && errno == EINTR) continue;
+    for (int i = 0; i < n; ++i) {
+      auto it = by_fd_.find(events[i].data.fd);
+      if (it == by_fd_.end()) continue;  // evicted, or a closed file's last edge
+      Entry& e = it->second;
+      const uint32_t ev = events[i].events;
+      bool waited = false;
+      if ((ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0 && e.reader != nullptr) {
+        loop_->push_ready_now(e.reader);
+        waited = true;
+      }
+      if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0 && e.writer != nullptr) {
+        loop_->push_ready_now(e.writer);
+        waited = true;
+      }
+      if (waited) {
+        e.idle_hits = 0;
+      } else if (e.registered != nullptr && ++e.idle_hits >= kIdleLimit) {
+        epoll_event unused{};
+        epoll_ctl(poller_->epfd, EPOLL_CTL_DEL, it->first, &unused);
+        forget(e);
+      }
+    }
+    if (n < kBatch) return;
+  }
+}
+
+void SockWaits::reset_after_fork() noexcept {
+  if (poller_ == nullptr) return;
+  poller_->close_handle();  // closes this process's copy of the epoll fd only
+  poller_ = nullptr;
+  for (auto& [fd, e] : by_fd_) {
+    forget(e);
+    uint32_t events = 0;
+    if (e.reader != nullptr) events |= EPOLLIN;
+    if (e.writer != nullptr) events |= EPOLLOUT;
+    if (events == 0 || !ensure_poller()) continue;
+    epoll_event ev{};
+    ev.events = events | EPOLLET;
+    ev.data.fd = fd;
+    if (epoll_ctl(poller_->epfd, EPOLL_CTL_ADD, fd, &ev) == 0) e.events = events;
+  }
+  PyErr_Clear();
+  update_ref();
+}
+
+void SockWaits::close_all() {
+  std::vector<HandleObject*> released;
+  for (auto& [fd, e] : by_fd_) {
+    forget(e);
+    if (e.reader != nullptr) released.push_back(e.reader);
+    if (e.writer != nullptr) released.push_back(e.writer);
+  }
+  by_fd_.clear();
+  waiting_ = 0;
+  if (poller_ != nullptr) {
+    poller_->close_handle();  // the close callback frees it and closes the epoll fd
+    poller_ = nullptr;
+  }
+  for (HandleObject* h : released) {
+    cancel_handle(h);
+    Py_DECREF(h);
+  }
+}
+
+int SockWaits::traverse(visitproc visit, void* arg) const {
+  for (const auto& [fd, e] : by_fd_) {
+    if (e.reader != nullptr) Py_VISIT(e.reader);
+    if (e.writer != nullptr) Py_VISIT(e.writer);
+  }
+  return 0;
+}
+
+// ---- the wait object -------------------------------------------------------------
 
 namespace {
 
@@ -25,14 +286,14 @@ PyTypeObject SockWaitType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 // Unregisters `w` if it is still the fd's handle (a later add_reader may
 // have replaced it).
 bool unregister(SockWaitObject* w, PyObject* future) noexcept {
-  FdWatchers& watchers = w->loop->fd_watchers();
-  HandleObject* h = watchers.handle(w->fd, w->what);
+  SockWaits& waits = w->loop->sock_waits();
+  HandleObject* h = waits.handle(w->fd, w->what);
   if (h == nullptr || h->callback == nullptr || !Py_IS_TYPE(h->callback, &SockWaitType)) {
     return false;
   }
   auto* current = reinterpret_cast<SockWaitObject*>(h->callback);
   if (current->future != future) return false;
-  watchers.remove(w->fd, w->what);
+  waits.remove(w->fd, w->what);
   return true;
 }
 
@@ -143,20 +404,23 @@ PyObject* start_sock_wait(PyObject* py_loop, Loop* loop, int fd, Interest what, 
   Ref handle(
       reinterpret_cast<PyObject*>(new_handle(py_loop, loop, wait.get(), nullptr, 0, nullptr)));
   if (!handle) return nullptr;
-  if (!loop->fd_watchers().add(fd, what, reinterpret_cast<HandleObject*>(handle.get()))) {
+  // A reader (writer) the program added on this fd is replaced, as
+  // asyncio's sock_* replace it with their own.
+  if (loop->fd_watchers().handle(fd, what) != nullptr) loop->fd_watchers().remove(fd, what);
+  if (!loop->sock_waits().add(fd, what, sock, reinterpret_cast<HandleObject*>(handle.get()))) {
     return nullptr;
   }
   return future.release();
 }
 
 bool cancel_sock_wait(Loop* loop, int fd, Interest what, PyObject* future) noexcept {
-  HandleObject* h = loop->fd_watchers().handle(fd, what);
+  HandleObject* h = loop->sock_waits().handle(fd, what);
   if (h == nullptr || h->callback == nullptr || !Py_IS_TYPE(h->callback, &SockWaitType)) {
     return false;
   }
   auto* w = reinterpret_cast<SockWaitObject*>(h->callback);
   if (w->future != future) return false;
-  loop->fd_watchers().remove(fd, what);
+  loop->sock_waits().remove(fd, what);
   return true;
 }
 

@@ -204,7 +204,42 @@ say("parent after", *lp.run_until_complete(asyncio.wait_for(wait_parent(), 5)))
 assert lp.remove_signal_handler(signal.SIGUSR1)
 lp.close()
 """,
+    # The parent's loop waited on a socket with sock_recv (fastloop keeps it
+    # registered with the kernel between waits). The child uses that same loop for a
+    # sock_recv of its own, then closes it; the parent's waits go on working.
+    "sock_waits": """
+lp = new_loop()
+a, b = socket.socketpair()
+a.setblocking(False)
+
+async def recv_later(loop, sock, peer, data):
+    loop.call_later(0.01, peer.send, data)
+    return (await asyncio.wait_for(loop.sock_recv(sock, 100), 5)).decode()
+
+say("parent", lp.run_until_complete(recv_later(lp, a, b, b"before")))
+
+def child():
+    c, d = socket.socketpair()
+    c.setblocking(False)
+    try:
+        say("child", lp.run_until_complete(recv_later(lp, c, d, b"in child")))
+    finally:
+        lp.close()
+
+say("child exit", exit_code(fork_child(child)))
+say("parent", lp.run_until_complete(recv_later(lp, a, b, b"after")))
+lp.close()
+""",
 }
+
+
+def test_fork_sock_waits_of_parent_and_child(loop_name):
+    assert run_script("sock_waits", loop_name) == [
+        "parent before",
+        "child in child",
+        "child exit 7",
+        "parent after",
+    ]
 
 
 def run_script(name, loop_name):

@@ -768,3 +768,128 @@ def test_sock_sendfile_argument_checks(loop, sockpair, data_file, tmp_path):
     finally:
         cases[0][0]["file"].close()
         udp.close()
+
+
+# ---- one socket waited on again and again -----------------------------------------------
+# fastloop keeps a socket registered with the kernel from one wait to the next
+# (cpp/sockwait.hpp); asyncio registers it for each wait. Either way, these hold.
+
+
+def count_iterations(loop, coro):
+    """Run coro on loop; return how many iterations the loop made meanwhile."""
+    count = 0
+    original = loop._run_once
+
+    def counting():
+        nonlocal count
+        count += 1
+        original()
+
+    loop._run_once = counting
+    try:
+        run(loop, coro)
+    finally:
+        del loop._run_once
+    return count
+
+
+def test_a_new_socket_on_the_number_of_a_closed_one_is_waited_on(loop):
+    # A socket is waited on, then closed while a copy of it (dup) keeps its file open;
+    # a new socket gets its fd number. Waits on the new socket are served, and data
+    # arriving for the old file wakes the loop once per arrival, not in a spin.
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    keep = a.dup()
+    new = None
+    for s in (a, b, c, d, keep):
+        s.setblocking(False)
+    try:
+
+        async def first():
+            loop.call_later(0.01, b.send, b"one")
+            return await loop.sock_recv(a, 100)
+
+        assert run(loop, first()) == b"one"
+        number = a.fileno()
+        a.close()
+        new = socket.socket(fileno=os.dup2(c.fileno(), number))
+        new.setblocking(False)
+        c.close()
+
+        async def second():
+            loop.call_later(0.01, b.send, b"to the old file")
+            loop.call_later(0.03, d.send, b"two")
+            return await loop.sock_recv(new, 100)
+
+        assert run(loop, second(), timeout=5) == b"two"
+
+        async def unwatched_arrivals():
+            for _ in range(5):
+                b.send(b"x" * 100)  # to the old file, which nobody waits on
+                await asyncio.sleep(0.02)
+
+        # About 2 per sleep; a loop woken at every poll makes thousands.
+        assert count_iterations(loop, unwatched_arrivals()) < 100
+        assert loop.remove_reader(number) is False
+    finally:
+        close_socks(loop, *(s for s in (a, b, c, d, keep, new) if s is not None))
+
+
+def test_remove_reader_takes_a_pending_sock_recv_away(loop, sockpair):
+    a, b = sockpair
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await spin()
+        # The operation's wait is the fd's reader, as asyncio registers it.
+        assert loop.remove_reader(a.fileno()) is True
+        b.send(b"nobody reads this")
+        await asyncio.sleep(0.02)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(loop, main())
+    assert a.recv(100) == b"nobody reads this"
+    assert loop.remove_reader(a.fileno()) is False
+
+
+def test_add_reader_replaces_a_pending_sock_recv(loop, sockpair):
+    a, b = sockpair
+    got = []
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await spin()
+        loop.add_reader(a.fileno(), lambda: got.append(a.recv(100)))
+        b.send(b"to the reader")
+        while not got:
+            await asyncio.sleep(0.005)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(loop, main())
+    assert got == [b"to the reader"]
+
+
+def test_sock_recv_after_the_socket_was_waited_on_and_read_directly(loop, sockpair):
+    # Between two waits the program reads the socket itself, many times: the
+    # registration kept for it must not lose the next wait's wake-up.
+    a, b = sockpair
+
+    async def main():
+        got = []
+        for i in range(40):
+            if i % 3 == 0:
+                loop.call_later(0.001, b.send, b"%d," % i)
+                got.append(await loop.sock_recv(a, 100))
+            else:
+                b.send(b"%d," % i)
+                await spin(1)
+                got.append(a.recv(100))
+        return b"".join(got)
+
+    assert run(loop, main()) == b"".join(b"%d," % i for i in range(40))

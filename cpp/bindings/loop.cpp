@@ -294,6 +294,8 @@ HandleObject* make_handle(py::handle self, py::handle callback, const py::tuple&
 void watch_fd(py::handle self, int fd, Interest what, py::handle callback, const py::tuple& args,
               py::handle context) {
   HandleObject* h = make_handle(self, callback, args, context);
+  // Replaces a sock_* wait on the fd, as asyncio's add_reader replaces it.
+  core(self).sock_waits().remove(fd, what);
   const bool ok = core(self).fd_watchers().add(fd, what, h);
   Py_DECREF(h);
   if (!ok) throw py::error_already_set();
@@ -373,11 +375,14 @@ void register_loop(py::module_& m) {
           "The awaiting task gave up: unregister its _sock_wait if still registered.")
       .def("_remove_reader",
            [](py::handle self, int fd) {
-             return core(self).fd_watchers().remove(fd, Interest::kRead);
+             // A sock_* wait is the fd's reader, as in asyncio.
+             const bool waited = core(self).sock_waits().remove(fd, Interest::kRead);
+             return core(self).fd_watchers().remove(fd, Interest::kRead) || waited;
            })
       .def("_remove_writer",
            [](py::handle self, int fd) {
-             return core(self).fd_watchers().remove(fd, Interest::kWrite);
+             const bool waited = core(self).sock_waits().remove(fd, Interest::kWrite);
+             return core(self).fd_watchers().remove(fd, Interest::kWrite) || waited;
            })
       .def_property_readonly("_signal_wakeup_fd",
                              [](py::handle self) { return core(self).signal_wakeup_fd(); })
