@@ -4,11 +4,11 @@
 //
 // A watcher left with neither handle is stopped but kept, idle, for the next
 // add_* on that fd (a program may add and remove a reader on every wait; a
-// new uv_poll_t costs five syscalls). The waits of sock_recv & co. are not
-// here: SockWaits (sockwait.hpp) keeps their sockets registered between waits. libuv's stop and close always unregister
-// the fd *number* from epoll, so an idle watcher must go before that number
-// becomes another libuv handle: whatever opens a handle on an fd calls
-// evict_idle(fd) first.
+// new uv_poll_t costs five syscalls). libuv's stop and close always
+// unregister the fd *number* from epoll, so an idle watcher must go before
+// that number becomes another libuv handle: whatever opens a handle on an fd
+// calls evict_idle(fd) first. The waits of sock_recv & co. are not here:
+// SockWaits (sockwait.hpp) keeps their sockets registered between waits.
 #pragma once
 
 #include <uv.h>

@@ -40,6 +40,10 @@ bool init_strings() noexcept {
   g_str.send = PyUnicode_InternFromString("send");
   g_str.sendto = PyUnicode_InternFromString("sendto");
   g_str.native = PyUnicode_InternFromString("_native");
+  g_str.recv = PyUnicode_InternFromString("recv");
+  g_str.recv_into = PyUnicode_InternFromString("recv_into");
+  g_str.gettimeout = PyUnicode_InternFromString("gettimeout");
+  g_str.fileno = PyUnicode_InternFromString("fileno");
   // Every field is a PyObject*: all must have been made.
   static_assert(sizeof(Strings) % sizeof(PyObject*) == 0);
   const auto* fields = reinterpret_cast<PyObject* const*>(&g_str);

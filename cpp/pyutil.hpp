@@ -113,6 +113,10 @@ struct Strings {
   PyObject* send;
   PyObject* sendto;
   PyObject* native;  // "_native": a Python transport's native half (NativeMethod)
+  PyObject* recv;    // socket methods sock_recv & co. call (sockwait.hpp)
+  PyObject* recv_into;
+  PyObject* gettimeout;
+  PyObject* fileno;
 };
 extern Strings g_str;
 bool init_strings() noexcept;

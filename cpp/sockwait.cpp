@@ -1,9 +1,11 @@
 #include "sockwait.hpp"
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <new>
 #include <utility>
 #include <vector>
@@ -265,6 +267,124 @@ int SockWaits::traverse(visitproc visit, void* arg) const {
   return 0;
 }
 
+// ---- the first try of sock_recv / sock_recv_into --------------------------------
+
+namespace {
+
+// _socket.socket's own recv and recv_into (borrowed from its type dict, which
+// lives as long as the process).
+PyObject* g_socket_recv = nullptr;
+PyObject* g_socket_recv_into = nullptr;
+
+bool init_socket_methods() noexcept {
+  Ref module(PyImport_ImportModule("_socket"));
+  if (!module) return false;
+  Ref type(PyObject_GetAttrString(module.get(), "socket"));
+  if (!type || !PyType_Check(type.get())) return false;
+  auto* t = reinterpret_cast<PyTypeObject*>(type.get());
+  g_socket_recv = _PyType_Lookup(t, g_str.recv);
+  g_socket_recv_into = _PyType_Lookup(t, g_str.recv_into);
+  if (g_socket_recv == nullptr || g_socket_recv_into == nullptr) {
+    PyErr_SetString(PyExc_ImportError, "_socket.socket has no recv/recv_into");
+    return false;
+  }
+  return true;
+}
+
+// The would-block exceptions asyncio's sock_* retry on.
+bool clear_if_would_block() noexcept {
+  if (PyErr_ExceptionMatches(PyExc_BlockingIOError) ||
+      PyErr_ExceptionMatches(PyExc_InterruptedError)) {
+    PyErr_Clear();
+    return true;
+  }
+  return false;
+}
+
+// The fd of a socket.socket in non-blocking mode (timeout 0), or -1 when the
+// recv(2) call is not ours to make (any error is cleared: the socket method
+// then runs and raises its own).
+int nonblocking_fd(PyObject* sock) noexcept {
+  Ref timeout(PyObject_CallMethodNoArgs(sock, g_str.gettimeout));
+  if (!timeout || !PyFloat_CheckExact(timeout.get()) || PyFloat_AS_DOUBLE(timeout.get()) != 0.0) {
+    PyErr_Clear();
+    return -1;
+  }
+  Ref fileno(PyObject_CallMethodNoArgs(sock, g_str.fileno));
+  const long fd = fileno && PyLong_CheckExact(fileno.get()) ? PyLong_AsLong(fileno.get()) : -1;
+  if (fd < 0 || fd > INT_MAX) {
+    PyErr_Clear();
+    return -1;
+  }
+  return static_cast<int>(fd);
+}
+
+// recv(2) on fd into [data, data + size): bytes received, 0 at end of
+// stream, -1 when it would block, -2 with OSError set.
+ssize_t recv_once(int fd, char* data, size_t size) noexcept {
+  for (;;) {
+    const ssize_t n = recv(fd, data, size, 0);
+    if (n >= 0) return n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
+    if (errno != EINTR) {
+      PyErr_SetFromErrno(PyExc_OSError);
+      return -2;
+    }
+    if (PyErr_CheckSignals() < 0) return -2;  // PEP 475: retried unless a handler raised
+  }
+}
+
+PyObject* recv_native(int fd, PyObject* arg) noexcept {
+  const Py_ssize_t size = PyLong_AsSsize_t(arg);
+  if (size == -1 && PyErr_Occurred()) return nullptr;
+  Ref bytes(PyBytes_FromStringAndSize(nullptr, size));
+  if (!bytes) return nullptr;
+  const ssize_t n = recv_once(fd, PyBytes_AS_STRING(bytes.get()), static_cast<size_t>(size));
+  if (n == -1) Py_RETURN_NONE;
+  if (n < 0) return nullptr;
+  if (n != size) {
+    PyObject* raw = bytes.release();
+    if (_PyBytes_Resize(&raw, n) < 0) return nullptr;
+    return raw;
+  }
+  return bytes.release();
+}
+
+// nullptr without an exception when `buffer` is not a writable buffer (the
+// method's own error is then raised).
+PyObject* recv_into_native(int fd, PyObject* buffer) noexcept {
+  Py_buffer view;
+  if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  const ssize_t n = recv_once(fd, static_cast<char*>(view.buf), static_cast<size_t>(view.len));
+  PyBuffer_Release(&view);
+  if (n == -1) Py_RETURN_NONE;
+  if (n < 0) return nullptr;
+  return PyLong_FromSsize_t(n);
+}
+
+}  // namespace
+
+PyObject* sock_recv_now(PyObject* sock, PyObject* arg, bool into) noexcept {
+  PyObject* name = into ? g_str.recv_into : g_str.recv;
+  // Only the socket module's own method, on a size it would accept (a
+  // negative or odd one gets the method's own error).
+  if (_PyType_Lookup(Py_TYPE(sock), name) == (into ? g_socket_recv_into : g_socket_recv) &&
+      (into || (PyLong_CheckExact(arg) && PyLong_AsLong(arg) >= 0))) {
+    const int fd = nonblocking_fd(sock);
+    if (fd >= 0) {
+      PyObject* result = into ? recv_into_native(fd, arg) : recv_native(fd, arg);
+      if (result != nullptr || PyErr_Occurred()) return result;
+    }
+  }
+  PyErr_Clear();  // a size too large for a long: the method says so
+  Ref result(PyObject_CallMethodOneArg(sock, name, arg));
+  if (!result && clear_if_would_block()) Py_RETURN_NONE;
+  return result.release();
+}
+
 // ---- the wait object -------------------------------------------------------------
 
 namespace {
@@ -359,9 +479,26 @@ void sock_wait_dealloc(PyObject* self) {
   PyObject_GC_Del(self);
 }
 
+PyObject* sock_recv_now_py(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, "sock_recv_now(sock, n_or_buffer, into)");
+    return nullptr;
+  }
+  return sock_recv_now(args[0], args[1], args[2] == Py_True);
+}
+
+PyMethodDef kSockRecvNowDef = {
+    "sock_recv_now", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sock_recv_now_py)),
+    METH_FASTCALL,
+    "sock_recv_now($module, sock, n_or_buffer, into, /)\n--\n\n"
+    "sock.recv(n) (into False) or sock.recv_into(buffer) once; None when it would block."};
+
 }  // namespace
 
-bool init_sock_wait_type(PyObject* /*module*/) noexcept {
+bool init_sock_wait_type(PyObject* module) noexcept {
+  if (!init_socket_methods()) return false;
+  Ref fn(PyCFunction_NewEx(&kSockRecvNowDef, nullptr, nullptr));
+  if (!fn || PyModule_AddObjectRef(module, "sock_recv_now", fn.get()) < 0) return false;
   SockWaitType.tp_name = "fastloop._core.SockWait";
   SockWaitType.tp_doc = "The native wait of a loop.sock_* operation (internal).";
   SockWaitType.tp_basicsize = sizeof(SockWaitObject);

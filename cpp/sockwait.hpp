@@ -91,6 +91,15 @@ class SockWaits {
 
 bool init_sock_wait_type(PyObject* module) noexcept;
 
+// The first try of sock_recv(sock, n) (into=false) or sock_recv_into(sock,
+// buf): sock.recv(n) / sock.recv_into(buf), returning the result, or None
+// when it would block (BlockingIOError, InterruptedError: the caller waits).
+// For a socket.socket whose recv/recv_into is the socket module's own and
+// whose timeout is 0, the recv(2) call is made here: a would-block then
+// raises no exception (making BlockingIOError costs more than the rest of
+// the try). Any other object gets its method called.
+PyObject* sock_recv_now(PyObject* sock, PyObject* arg, bool into) noexcept;
+
 // Creates the future and registers the wait of `sock.<method>(*args)` on fd.
 // Returns the future (new reference) or nullptr with an exception set.
 PyObject* start_sock_wait(PyObject* py_loop, Loop* loop, int fd, Interest what, PyObject* sock,

@@ -187,6 +187,75 @@ def test_sock_recv_into(loop, sockpair):
     assert loop.remove_reader(a.fileno()) is False
 
 
+# The first try of sock_recv/sock_recv_into is made natively for a plain non-blocking
+# socket.socket (cpp/sockwait.hpp); anything else gets its own method called, errors
+# included, as asyncio calls it.
+
+
+class CountingSocket(socket.socket):
+    calls = 0
+
+    def recv(self, n):
+        CountingSocket.calls += 1
+        return super().recv(n)
+
+    def recv_into(self, buf):
+        CountingSocket.calls += 1
+        return super().recv_into(buf)
+
+
+def test_sock_recv_calls_a_recv_the_socket_class_replaced(loop):
+    a = CountingSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+    b = None
+    path = tempfile.mktemp(prefix="fl-sock-")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    try:
+        a.connect(path)
+        b, _ = server.accept()
+        for s in (a, b):
+            s.setblocking(False)
+        CountingSocket.calls = 0
+        b.send(b"ready")
+        assert run(loop, loop.sock_recv(a, 100)) == b"ready"
+        b.send(b"into")
+        buf = bytearray(10)
+        assert run(loop, loop.sock_recv_into(a, buf)) == 4
+        assert buf[:4] == b"into"
+        assert CountingSocket.calls == 2
+    finally:
+        close_socks(loop, *(s for s in (a, b, server) if s is not None))
+        os.unlink(path)
+
+
+def test_sock_recv_errors_are_the_socket_methods(loop, sockpair):
+    a, b = sockpair
+    with pytest.raises(ValueError, match="negative buffersize in recv"):
+        run(loop, loop.sock_recv(a, -1))
+    with pytest.raises(TypeError, match="integer"):
+        run(loop, loop.sock_recv(a, 1.5))
+    with pytest.raises(TypeError, match="read-write bytes-like object, not bytes"):
+        run(loop, loop.sock_recv_into(a, b"read only"))
+    b.send(b"x")
+    assert run(loop, loop.sock_recv(a, 0)) == b""
+    assert run(loop, loop.sock_recv(a, 10)) == b"x"
+    a.close()
+    with pytest.raises(OSError) as info:
+        run(loop, loop.sock_recv(a, 10))
+    assert info.value.errno == errno.EBADF
+
+
+def test_sock_recv_on_a_socket_with_a_timeout_calls_its_recv(loop, sockpair):
+    # asyncio calls sock.recv(), which for a socket with a timeout waits (blocking the
+    # loop) up to that timeout; without data it raises TimeoutError, not a wait.
+    a, b = sockpair
+    a.settimeout(0.01)
+    with pytest.raises(TimeoutError, match="^timed out$"):  # the socket's, not wait_for's
+        run(loop, loop.sock_recv(a, 10), timeout=5)
+    a.setblocking(False)
+
+
 def test_sock_recvfrom(loop, udp_pair):
     a, b = udp_pair
 

@@ -23,6 +23,7 @@ import os
 import socket
 from asyncio import constants, exceptions
 
+from ._core import sock_recv_now as _recv_now
 from ._dns import _HAS_IPv6
 
 try:
@@ -188,19 +189,19 @@ class SocketMethods:
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock; b'' at end of stream."""
         self._check_sock(sock)
-        try:
-            return sock.recv(n)
-        except _RETRY:
-            pass
+        # sock.recv(n), or None when it would block (made without raising
+        # BlockingIOError for a socket.socket: see cpp/sockwait.hpp).
+        data = _recv_now(sock, n, False)
+        if data is not None:
+            return data
         return await self._retry(sock, False, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer buf; return the number of bytes."""
         self._check_sock(sock)
-        try:
-            return sock.recv_into(buf)
-        except _RETRY:
-            pass
+        nbytes = _recv_now(sock, buf, True)
+        if nbytes is not None:
+            return nbytes
         return await self._retry(sock, False, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
