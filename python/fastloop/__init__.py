@@ -36,12 +36,31 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
-def run(main, *, debug=None):
-    """Run a coroutine to completion on a new fastloop loop, as asyncio.run()."""
+def run(main, *, debug=None, loop_factory=None):
+    """Run a coroutine to completion on a new fastloop loop, as asyncio.run().
+
+    ``loop_factory`` makes the loop (``fastloop.new_event_loop`` by default),
+    as in ``asyncio.run()`` and ``uvloop.run()``; what it makes must be a
+    ``fastloop.Loop`` (a subclass, say), or TypeError is raised.
+    """
     if events._get_running_loop() is not None:
         raise RuntimeError("asyncio.run() cannot be called from a running event loop")
-    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+    factory = new_event_loop if loop_factory is None else _fastloop_only(loop_factory)
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def _fastloop_only(loop_factory):
+    def make():
+        loop = loop_factory()
+        if not isinstance(loop, Loop):
+            close = getattr(loop, "close", None)
+            if callable(close):
+                close()
+            raise TypeError(f"fastloop.run() uses fastloop loops; loop_factory made {loop!r}")
+        return loop
+
+    return make
 
 
 # asyncio's default Unix policy under its private names: asyncio 3.14 warns when

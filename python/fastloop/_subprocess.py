@@ -345,10 +345,11 @@ def _exit_code(pid, proc) -> int:
 _orphans: list[int] = []
 
 
-def _reap_orphans():
+def _reap_orphans(_orphans=_orphans, _waitpid=os.waitpid, _WNOHANG=os.WNOHANG):
+    # Globals bound as defaults: see _orphan_subprocesses.
     for pid in list(_orphans):
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, _ = _waitpid(pid, _WNOHANG)
         except ChildProcessError:
             done = pid
         if done:
@@ -548,8 +549,10 @@ class SubprocessMethods:
             raise
         return transport
 
-    def _orphan_subprocesses(self):
+    # _reap is bound here: a loop that its __del__ closes at interpreter exit may
+    # find this module's globals cleared already.
+    def _orphan_subprocesses(self, _reap=_reap_orphans):
         while self._subprocesses:
             _, transport = self._subprocesses.popitem()
             transport._orphan()
-        _reap_orphans()
+        _reap()
