@@ -335,7 +335,10 @@ void StreamTransport::read_data(ssize_t nread) {
     if (!result) protocol_call_failed("Fatal error: protocol.buffer_updated() call failed.");
     return;
   }
-  expect_large_read_ = static_cast<size_t>(nread) >= kDirectReadMin;
+  // Only a read in the direct range predicts another: after a bigger one (a
+  // bulk transfer filling the loop's buffer) FIONREAD would only say "too much".
+  expect_large_read_ =
+      static_cast<size_t>(nread) >= kDirectReadMin && static_cast<size_t>(nread) <= kDirectReadMax;
   Ref data;
   if (direct_read_ != nullptr) {
     // Read into the bytes object itself (alloc_direct_read): fit its size
