@@ -3,8 +3,9 @@
 // unix_events' pipe transports are the reference) on a libuv uv_stream_t.
 //
 // Reads land in the loop's read buffer (or straight in a BufferedProtocol's
-// buffer) and go to the protocol's methods, looked up when they are called,
-// as asyncio does. Writes try the syscall at once when nothing is queued;
+// buffer, or, after a large read, straight in the bytes object that
+// data_received will get) and go to the protocol's methods, looked up when
+// they are called, as asyncio does. Writes try the syscall at once when nothing is queued;
 // what is left is queued and all of it goes out in one uv_write (writev).
 //
 // Ownership and re-entrancy (owner.hpp): the libuv handle is initialised by
@@ -127,7 +128,17 @@ class StreamTransport final : public HandleOwner {
     size_t len;
   };
 
+  // A read at least this large makes the next one go straight into a bytes
+  // object (alloc_direct_read) instead of through the loop's buffer.
+  static constexpr size_t kDirectReadMin = size_t{64} * 1024;
+  // ...as long as the kernel holds no more than this: glibc serves 128 KiB and
+  // more with a fresh mmap, whose page faults cost more than the copy saved.
+  static constexpr size_t kDirectReadMax = size_t{120} * 1024;
+
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) noexcept;
+  // Points `buf` at a new bytes object sized to what the kernel holds for
+  // this fd (FIONREAD); false (nothing changed) if that is little or unknown.
+  bool alloc_direct_read(uv_buf_t* buf) noexcept;
   static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
   static void on_write(uv_write_t* req, int status) noexcept;
 
@@ -186,7 +197,9 @@ class StreamTransport final : public HandleOwner {
   std::unique_ptr<Py_buffer> read_view_;  // BufferedProtocol's buffer during a read
   PyObject* alloc_error_ = nullptr;       // get_buffer() failed: reported by on_read
   PyObject* empty_waiter_ = nullptr;
+  PyObject* direct_read_ = nullptr;  // the bytes object a read is landing in, if any
   bool read_view_held_ = false;
+  bool expect_large_read_ = false;  // the last read was at least kDirectReadMin
 
   std::vector<Chunk> queued_;     // not yet handed to libuv
   std::vector<Chunk> in_flight_;  // in the one uv_write in progress

@@ -515,6 +515,32 @@ def test_buffered_protocol_small_buffer(loop, view):
     assert all(isinstance(h, int) for h in pr.sizehints)
 
 
+def test_large_reads_in_lockstep_then_small_then_eof(loop):
+    # Bursts the peer sends only once the previous one arrived, so each is read
+    # on its own: large ones (after a large read a loop may size its next read to
+    # what the kernel holds), one beyond 256 KiB, small ones after large ones, and
+    # the end of input right behind a large burst. Every byte arrives, in order,
+    # in bytes objects.
+    sizes = [100 * 1024, 100 * 1024, 300 * 1024, 70 * 1024, 10, 1, 100 * 1024, 5, 200 * 1024]
+    bursts = [pattern(n, seed=i) for i, n in enumerate(sizes)]
+
+    async def main():
+        async with raw_peer(Recorder) as (tr, pr, peer):
+            total = 0
+            for burst in bursts[:-1]:
+                peer.sendall(burst)
+                total += len(burst)
+                await pr.wait_bytes(total)
+            peer.sendall(bursts[-1])
+            peer.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(pr.lost, 5) is None
+            return pr
+
+    pr = run(loop, main())
+    assert bytes(pr.data) == b"".join(bursts)
+    assert pr.events == ["made", "data", "eof", "lost"]
+
+
 @pytest.mark.timeout(60)
 def test_buffered_protocol_large_transfer(loop):
     size = 16 * MiB
