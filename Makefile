@@ -40,10 +40,22 @@ $(VENV)/.venv-ok: requirements-dev.txt requirements-test.txt | $(VENV)/.sysdeps
 	@touch $@
 venv: $(VENV)/.venv-ok
 
-# The build directory persists (pyproject: build-dir), so rebuilds are incremental.
+# Each venv's build has a directory of its own that persists, so rebuilds are
+# incremental: build/venv for .venv, build/venv-3.12 for .venv-3.12 (a venv has
+# one interpreter: the directory is per interpreter). flock makes
+# two builds into one directory take turns instead of breaking each other (a
+# plain `pip install .` builds in a temporary directory: pyproject.toml sets
+# none). A build is quiet when it works; when it fails, .ci/logged prints its
+# cause (the compiler's or CMake's messages, which pip -q would hide), and the
+# whole output stays in the build directory (install.log).
 # Our builds treat compiler warnings as errors (FASTLOOP_WERROR, CMakeLists.txt).
+# $(call build_dir,VENV) and $(call pip_build,VENV,PIP COMMAND [ARG...])
+build_dir = build/$(patsubst .%,%,$(1))
+pip_build = FASTLOOP_WERROR=ON .ci/logged $(call build_dir,$(1))/$(firstword $(2)).log \
+	flock $(call build_dir,$(1)).lock $(1)/bin/python -m pip $(2) -v --no-build-isolation \
+	--no-deps -Cbuild-dir=$(call build_dir,$(1)) .
 $(VENV)/.build-ok: $(VENV)/.venv-ok $(SRCS)
-	FASTLOOP_WERROR=ON $(VPY) -m pip install -q --no-build-isolation --no-deps .
+	$(call pip_build,$(VENV),install)
 	@touch $@
 build: $(VENV)/.build-ok
 
@@ -65,8 +77,8 @@ conformance: build
 	$(VPY) -m tests.conformance --loop both
 
 # The same for another Python: `make pytest-3.12`, `make conformance-3.13`...
-# .venv-3.12 gets what the tests need (requirements-test.txt); the build
-# directory is build/<wheel tag>, one per Python, so the builds do not collide.
+# .venv-3.12 gets what the tests need (requirements-test.txt); its build
+# directory is build/venv-3.12, so the builds do not collide.
 .venv-%/.venv-ok: requirements-test.txt | $(VENV)/.sysdeps
 	@py="$$(.ci/find_python $*)" || { echo "fastloop: no usable Python $* (.ci/find_python $*)"; exit 1; }; \
 	  echo "$$py -m venv .venv-$*"; "$$py" -m venv .venv-$*
@@ -76,7 +88,7 @@ conformance: build
 venv-%: .venv-%/.venv-ok ;
 
 .venv-%/.build-ok: .venv-%/.venv-ok $(SRCS)
-	FASTLOOP_WERROR=ON .venv-$*/bin/python -m pip install -q --no-build-isolation --no-deps .
+	$(call pip_build,.venv-$*,install)
 	@touch $@
 build-%: .venv-%/.build-ok ;
 # (made through pattern rules only: without this make would delete them)
