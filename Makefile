@@ -11,7 +11,7 @@ SRCS   := $(shell find cpp python -type f) CMakeLists.txt pyproject.toml
 PY_VERSIONS := 3.11 3.12 3.13
 
 .PHONY: all test bench conformance build sysdeps venv format lint clean sanitize \
-	sanitize-build pytest
+	sanitize-build pytest wheel
 
 all: build
 
@@ -40,33 +40,78 @@ $(VENV)/.venv-ok: requirements-dev.txt requirements-test.txt | $(VENV)/.sysdeps
 	@touch $@
 venv: $(VENV)/.venv-ok
 
-# The build directory persists (pyproject: build-dir), so rebuilds are incremental.
+# Each venv's build has a directory of its own that persists, so rebuilds are
+# incremental: build/venv for .venv, build/venv-3.12 for .venv-3.12 (a venv has
+# one interpreter: the directory is per interpreter). `make wheel` builds in the
+# same directory, so after `make build` only the packaging is left. flock makes
+# two builds into one directory take turns instead of breaking each other (a
+# plain `pip install .` builds in a temporary directory: pyproject.toml sets
+# none). A build is quiet when it works; when it fails, .ci/logged prints its
+# cause (the compiler's or CMake's messages, which pip -q would hide), and the
+# whole output stays in the build directory (install.log, wheel.log).
 # Our builds treat compiler warnings as errors (FASTLOOP_WERROR, CMakeLists.txt).
+# $(call build_dir,VENV) and $(call pip_build,VENV,PIP COMMAND [ARG...])
+build_dir = build/$(patsubst .%,%,$(1))
+pip_build = FASTLOOP_WERROR=ON .ci/logged $(call build_dir,$(1))/$(firstword $(2)).log \
+	flock $(call build_dir,$(1)).lock $(1)/bin/python -m pip $(2) -v --no-build-isolation \
+	--no-deps -Cbuild-dir=$(call build_dir,$(1)) .
 $(VENV)/.build-ok: $(VENV)/.venv-ok $(SRCS)
-	FASTLOOP_WERROR=ON $(VPY) -m pip install -q --no-build-isolation --no-deps .
+	$(call pip_build,$(VENV),install)
 	@touch $@
 build: $(VENV)/.build-ok
 
+# `make wheel`: a wheel of fastloop for $(PYTHON) in dist/ that carries libuv, so
+# that installing it needs neither libuv1-dev nor a compiler. pip builds it (in
+# the venv's build directory), then `auditwheel repair` copies the libuv it links
+# into it (fastloop.libs/), points the module's RPATH there and gives the wheel
+# the manylinux tag its symbols allow (manylinux_2_34 from Debian 12). A wheel
+# made earlier for the same Python is replaced. `make wheel-3.12` does the same
+# for another Python (repaired with .venv's auditwheel, which reads ELF files
+# whatever the Python). tests/test_wheel.py installs the wheel in a fresh venv.
+WHEEL_DEPS := $(SRCS) README.md LICENSE
+# $(call wheel_recipe,VENV)
+define wheel_recipe
+rm -rf $(call build_dir,$(1))/wheel-raw
+$(call pip_build,$(1),wheel -w $(call build_dir,$(1))/wheel-raw)
+@raw=$$(echo $(call build_dir,$(1))/wheel-raw/fastloop-*.whl); \
+	  py=$$(basename "$$raw" | cut -d- -f3-4); \
+	  rm -f dist/fastloop-*-"$$py"-*.whl; \
+	  PATH="$(abspath $(VENV)/bin):$$PATH" .ci/logged $(call build_dir,$(1))/repair.log \
+	    $(VPY) -m auditwheel repair -w dist "$$raw" || exit 1; \
+	  whl=$$(echo dist/fastloop-*-"$$py"-*.whl); \
+	  echo "fastloop: $$whl"; \
+	  echo "fastloop: auditwheel show: $$($(VPY) -m auditwheel show "$$whl" | tr '\n' ' ' | \
+	    grep -o 'consistent with the following platform tag: "[^"]*"')"; \
+	  echo "fastloop: in fastloop.libs/: $$($(VPY) -m zipfile -l "$$whl" | \
+	    grep -o 'fastloop\.libs/[^ ]\+' | sed 's|.*/||' | tr '\n' ' ')"
+@touch $(1)/.wheel-ok
+endef
+$(VENV)/.wheel-ok: $(VENV)/.venv-ok $(WHEEL_DEPS)
+	$(call wheel_recipe,$(VENV))
+wheel: $(VENV)/.wheel-ok
+
 # Every phase on every supported Python found, each with a time limit, then
-# one line per version (.ci/make_test.py): first the builds and lint, two at a
-# time (nothing timing-sensitive runs then), then one after the other the suite
-# on the release build, again on the ASan+UBSan debug build (which adds the
+# one line per version (.ci/make_test.py): first the builds, lint and the
+# wheels, two at a time (nothing timing-sensitive runs then), then one after the
+# other the suite (with the wheel's test) on the release build, again on the ASan+UBSan debug build (which adds the
 # core's counters and fault injection) and CPython's asyncio tests on $(PYTHON),
 # then the suite and CPython's asyncio tests on each other version.
 test: | $(VENV)/.sysdeps
 	$(PYTHON) .ci/make_test.py --make "$(MAKE)" --versions "$(PY_VERSIONS)"
 
 # PYTEST_ARGS: e.g. make pytest-3.12 PYTEST_ARGS="-k unix -x"
+# The suite tests the wheel too (tests/test_wheel.py): FASTLOOP_WHEEL_REQUIRED
+# makes a missing wheel a failure there, where a bare pytest skips it.
 PYTEST_ARGS ?=
-pytest: build
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+pytest: build wheel
+	FASTLOOP_WHEEL_REQUIRED=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 conformance: build
 	$(VPY) -m tests.conformance --loop both
 
 # The same for another Python: `make pytest-3.12`, `make conformance-3.13`...
-# .venv-3.12 gets what the tests need (requirements-test.txt); the build
-# directory is build/<wheel tag>, one per Python, so the builds do not collide.
+# .venv-3.12 gets what the tests need (requirements-test.txt); its build
+# directory is build/venv-3.12, so the builds do not collide.
 .venv-%/.venv-ok: requirements-test.txt | $(VENV)/.sysdeps
 	@py="$$(.ci/find_python $*)" || { echo "fastloop: no usable Python $* (.ci/find_python $*)"; exit 1; }; \
 	  echo "$$py -m venv .venv-$*"; "$$py" -m venv .venv-$*
@@ -76,14 +121,17 @@ conformance: build
 venv-%: .venv-%/.venv-ok ;
 
 .venv-%/.build-ok: .venv-%/.venv-ok $(SRCS)
-	FASTLOOP_WERROR=ON .venv-$*/bin/python -m pip install -q --no-build-isolation --no-deps .
+	$(call pip_build,.venv-$*,install)
 	@touch $@
 build-%: .venv-%/.build-ok ;
+.venv-%/.wheel-ok: .venv-%/.venv-ok $(VENV)/.venv-ok $(WHEEL_DEPS)
+	$(call wheel_recipe,.venv-$*)
+wheel-%: .venv-%/.wheel-ok ;
 # (made through pattern rules only: without this make would delete them)
-.PRECIOUS: .venv-%/.venv-ok .venv-%/.build-ok
+.PRECIOUS: .venv-%/.venv-ok .venv-%/.build-ok .venv-%/.wheel-ok
 
-pytest-%: .venv-%/.build-ok
-	.venv-$*/bin/python -m pytest -q $(PYTEST_ARGS) tests
+pytest-%: .venv-%/.build-ok .venv-%/.wheel-ok
+	FASTLOOP_WHEEL_REQUIRED=1 .venv-$*/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
 conformance-%: .venv-%/.build-ok
 	.venv-$*/bin/python -m tests.conformance --loop both
@@ -117,8 +165,11 @@ sanitize-build: $(VENV)/.venv-ok $(SRCS)
 
 # Only the fastloop half of each test runs here: the asyncio half ("[asyncio"
 # ids) runs no fastloop code (checked: none of them makes a fastloop loop), so
-# on this build it would only repeat the release run, at ASan's pace.
-SAN_PYTEST_ARGS ?= -k "not [asyncio"
+# on this build it would only repeat the release run, at ASan's pace. Nor do the
+# packaging tests: test_wheel.py runs the release wheel in a venv of its own,
+# test_source_build.py runs CMake's configure step.
+SAN_PYTEST_ARGS ?= -k "not [asyncio" --ignore=tests/test_wheel.py \
+	--ignore=tests/test_source_build.py
 # intercept_tls_get_addr=0: GCC 12's LeakSanitizer records a bogus dynamic-TLS
 # range in some processes (seen in a child interrupted by SIGINT: "DTLS 5 at
 # 0x123c-0x100000233e") and its stop-the-world tracer then crashes ("Tracer
@@ -161,4 +212,4 @@ lint: $(VENV)/.venv-ok
 	@$(MAKE) --no-print-directory $(LINT_DIR)/.tidy-ok
 
 clean:
-	rm -rf build $(VENV) $(addprefix .venv-,$(PY_VERSIONS))
+	rm -rf build dist $(VENV) $(addprefix .venv-,$(PY_VERSIONS))

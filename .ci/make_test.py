@@ -6,7 +6,9 @@ Python 3.8+; the standard library only). Phases are make targets:
 1. `venv` (the main venv, .venv, of $(PYTHON)), alone: the others depend on it;
 2. two at a time, as nothing timing-sensitive runs yet: `build`, `build-3.12`
    (the venv .venv-3.12 and the build) for each other version found, the
-   ASan+UBSan build (`sanitize-build`) and `lint`;
+   ASan+UBSan build (`sanitize-build`) and `lint`, then `wheel`, `wheel-3.12`...
+   (each waits for its version's build, whose build directory it reuses: only
+   the packaging and `auditwheel repair` are left, a few seconds);
 3. one after the other (the suites have timing-sensitive tests): `pytest`,
    `sanitize` and `conformance` on the main Python, then `pytest-3.12` and
    `conformance-3.12` for each other version.
@@ -42,6 +44,7 @@ LOG_DIR = ROOT / "build" / "make-test"
 LIMITS = {
     "venv": 900,
     "build": 900,
+    "wheel": 900,
     "sanitize-build": 900,
     "lint": 600,
     "pytest": 480,
@@ -75,12 +78,24 @@ class Phase:
         self.secs = 0.0
         self.result = ""
         self.log = LOG_DIR / f"{target}.log"
+        # Set when run() returns: a phase run two at a time waits for its needs.
+        self.finished = threading.Event()
 
     @property
     def name(self) -> str:
         return f"{self.kind} {self.version}"
 
     def run(self, make: list[str], live: bool) -> None:
+        try:
+            self._run(make, live)
+        finally:
+            self.finished.set()
+
+    def _run(self, make: list[str], live: bool) -> None:
+        # A need runs before this phase or alongside it (it was started first), so
+        # waiting for it cannot deadlock the pool.
+        for need in self.needs:
+            need.finished.wait()
         blocked = [p for p in self.needs if p.status != "ok"]
         if blocked:
             self.why = f"{blocked[0].name} did not pass"
@@ -279,14 +294,16 @@ def main(argv=None) -> int:
     san_build = Phase("sanitize-build", main_version, "sanitize-build", [venv])
     lint = Phase("lint", main_version, "lint", [venv])
     builds = {v: Phase("build", v, f"build-{v}") for v in extra}
-    prepare = [build, *builds.values(), san_build, lint]
+    wheel = Phase("wheel", main_version, "wheel", [build])
+    wheels = {v: Phase("wheel", v, f"wheel-{v}", [venv, builds[v]]) for v in extra}
+    prepare = [build, *builds.values(), san_build, lint, wheel, *wheels.values()]
     tests = [
-        Phase("pytest", main_version, "pytest", [build]),
+        Phase("pytest", main_version, "pytest", [build, wheel]),
         Phase("sanitize", main_version, "sanitize", [san_build]),
         Phase("conformance", main_version, "conformance", [build]),
     ]
     for v in extra:
-        tests.append(Phase("pytest", v, f"pytest-{v}", [builds[v]]))
+        tests.append(Phase("pytest", v, f"pytest-{v}", [builds[v], wheels[v]]))
         tests.append(Phase("conformance", v, f"conformance-{v}", [builds[v]]))
     phases = [venv, *prepare, *tests]
 
