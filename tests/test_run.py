@@ -137,6 +137,37 @@ def test_stop_before_run_forever_runs_one_iteration(loop):
     assert out == ["first", "next iteration"]
 
 
+def test_stop_from_a_protocol_callback_leaves_what_it_scheduled_to_the_next_run(loop):
+    # asyncio: after stop(), the loop finishes the current batch of callbacks; what
+    # they scheduled runs at the next run_forever. A protocol callback runs as part of
+    # the I/O of an iteration (fastloop: during the poll), and what it schedules is
+    # not run before run_forever returns either.
+    out = []
+    a, b = socket.socketpair()
+
+    class Stopper(asyncio.Protocol):
+        def data_received(self, data):
+            out.append(data)
+            loop.call_soon(out.append, "scheduled by data_received")
+            loop.stop()
+
+    async def connect():
+        return await loop.connect_accepted_socket(Stopper, a)
+
+    transport, _ = loop.run_until_complete(connect())
+    try:
+        b.send(b"go")
+        loop.run_forever()
+        assert out == [b"go"]
+        loop.call_later(0.01, loop.stop)
+        loop.run_forever()
+        assert out == [b"go", "scheduled by data_received"]
+    finally:
+        transport.close()
+        b.close()
+        loop.run_until_complete(asyncio.sleep(0))
+
+
 def test_stop_twice_is_one_stop(loop):
     out = []
     loop.stop()
