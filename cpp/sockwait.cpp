@@ -334,9 +334,13 @@ ssize_t recv_once(int fd, char* data, size_t size) noexcept {
   }
 }
 
+// nullptr without an exception when the socket method is to be called
+// instead: for no room at all (it answers b'' and 0 without asking the
+// kernel, which may refuse a recv of 0 bytes: ENOTCONN on a listening socket).
 PyObject* recv_native(int fd, PyObject* arg) noexcept {
   const Py_ssize_t size = PyLong_AsSsize_t(arg);
   if (size == -1 && PyErr_Occurred()) return nullptr;
+  if (size == 0) return nullptr;
   Ref bytes(PyBytes_FromStringAndSize(nullptr, size));
   if (!bytes) return nullptr;
   const ssize_t n = recv_once(fd, PyBytes_AS_STRING(bytes.get()), static_cast<size_t>(size));
@@ -351,11 +355,15 @@ PyObject* recv_native(int fd, PyObject* arg) noexcept {
 }
 
 // nullptr without an exception when `buffer` is not a writable buffer (the
-// method's own error is then raised).
+// method's own error is then raised) or has no room (see recv_native).
 PyObject* recv_into_native(int fd, PyObject* buffer) noexcept {
   Py_buffer view;
   if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0) {
     PyErr_Clear();
+    return nullptr;
+  }
+  if (view.len == 0) {
+    PyBuffer_Release(&view);
     return nullptr;
   }
   const ssize_t n = recv_once(fd, static_cast<char*>(view.buf), static_cast<size_t>(view.len));

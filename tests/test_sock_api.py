@@ -246,6 +246,13 @@ def test_sock_recv_errors_are_the_socket_methods(loop, sockpair):
     assert info.value.errno == errno.EBADF
 
 
+def test_sock_recv_of_nothing_on_a_listening_socket(loop, listener):
+    # The socket module asks the kernel for nothing when there is no room: b'' and 0,
+    # where a recv(2) of 0 bytes on a listening socket fails with ENOTCONN.
+    assert run(loop, loop.sock_recv(listener, 0)) == b""
+    assert run(loop, loop.sock_recv_into(listener, bytearray())) == 0
+
+
 def test_sock_recv_on_a_socket_with_a_timeout_calls_its_recv(loop, sockpair):
     # asyncio calls sock.recv(), which for a socket with a timeout waits (blocking the
     # loop) up to that timeout; without data it raises TimeoutError, not a wait.
