@@ -133,7 +133,9 @@ def start_postgres():
     if account is not None:
         # setgroups([]) drops root's supplementary groups as well.
         run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-    base = tempfile.mkdtemp(prefix="fastloop-pg-")
+    # Under root the server's user must reach its directory: /tmp lets every user
+    # through, where $TMPDIR (or pytest's own temp dirs) may be root's alone.
+    base = tempfile.mkdtemp(prefix="fastloop-pg-", dir="/tmp" if account else None)
     proc = None
 
     def stop():
