@@ -18,17 +18,21 @@ all: build
 # System packages: libuv (headers and static archive) and pkg-config; openssl
 # (the TLS tests make certificates), iproute2's ss (a server backlog test),
 # clang-format and clang-tidy (make lint, which make test runs); wrk (the
-# benchmarks' HTTP rows). The check runs again when this Makefile changes (a
-# package may have been added); it is an order-only prerequisite, so that alone
-# rebuilds nothing.
+# benchmarks' HTTP rows); PostgreSQL's server and redis-server (the services
+# tests/services.py starts for the asyncpg and redis-py tests; Debian keeps
+# initdb and postgres in /usr/lib/postgresql/<major>/bin, off PATH). The check
+# runs again when this Makefile changes (a package may have been added); it is
+# an order-only prerequisite, so that alone rebuilds nothing.
 $(VENV)/.sysdeps: Makefile
 	@if ! pkg-config --exists libuv 2>/dev/null || ! command -v openssl >/dev/null || \
 	    ! command -v ss >/dev/null || ! command -v clang-format >/dev/null || \
-	    ! command -v clang-tidy >/dev/null || ! command -v wrk >/dev/null; then \
-	  echo "fastloop: installing libuv1-dev pkg-config openssl iproute2 clang-format clang-tidy wrk with apt-get"; \
+	    ! command -v clang-tidy >/dev/null || ! command -v wrk >/dev/null || \
+	    ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+	    ! command -v redis-server >/dev/null; then \
+	  echo "fastloop: installing libuv1-dev pkg-config openssl iproute2 clang-format clang-tidy wrk postgresql redis-server with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    libuv1-dev pkg-config openssl iproute2 clang-format clang-tidy wrk; \
+	    libuv1-dev pkg-config openssl iproute2 clang-format clang-tidy wrk postgresql redis-server; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 sysdeps: $(VENV)/.sysdeps

@@ -17,6 +17,7 @@ A ``ResourceWarning`` (raised, or emitted from a ``__del__`` and so reported as 
 
 import asyncio
 import gc
+import re
 import signal
 import sys
 from pathlib import Path
@@ -191,3 +192,40 @@ def run_briefly(loop, iterations=1):
     for _ in range(iterations):
         loop.stop()
         loop.run_forever()
+
+
+# -- real services (tests/services.py) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of this session, on a Unix socket in a temp dir (started on
+    first use, stopped at the end of the session)."""
+    from . import services
+
+    server, stop = services.start_postgres()
+    try:
+        yield server
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A Redis server of this session, on a Unix socket in a temp dir (started on first
+    use, stopped at the end of the session)."""
+    from . import services
+
+    server, stop = services.start_redis()
+    try:
+        yield server
+    finally:
+        stop()
+
+
+@pytest.fixture
+def service_name(request, loop_name):
+    """A name unique to this test and loop, usable as a database name or key prefix:
+    lower-case letters, digits and underscores."""
+    name = f"{request.node.originalname}_{loop_name}".lower()
+    return re.sub(r"[^a-z0-9_]", "_", name)[:60]

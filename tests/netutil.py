@@ -410,3 +410,9 @@ def child_stdout(out):
         f"the child exited with {exit_status(out.returncode)}; stderr:\n{out.stderr[-3000:]}"
     )
     return out.stdout
+
+
+def assert_running_on(loop_name):
+    """Assert that the running loop is of the kind the ``loop`` fixture named."""
+    module = type(asyncio.get_running_loop()).__module__
+    assert module.split(".")[0] == ("fastloop" if loop_name == "fastloop" else "asyncio"), module
