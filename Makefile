@@ -110,8 +110,12 @@ PYTEST_ARGS ?=
 pytest: build wheel
 	FASTLOOP_WHEEL_REQUIRED=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
+# CPython's asyncio suite, then anyio's own suite (its PyPI sdist's tests, fetched
+# into build/anyio-suite; on the main Python only: 2 minutes; the other versions
+# run CPython's suite), each on asyncio's loop and on fastloop.
 conformance: build
 	$(VPY) -m tests.conformance --loop both
+	$(VPY) -m tests.conformance.anyio_suite
 
 # The same for another Python: `make pytest-3.12`, `make conformance-3.13`...
 # .venv-3.12 gets what the tests need (requirements-test.txt); its build
