@@ -192,6 +192,19 @@ app.router.add_get("/", which)
 """
 
 
+def stop(proc, sig):
+    """Send `sig` to a server started in a session of its own; if it has not exited
+    30 s later, kill its whole process group (its workers too) and fail."""
+    proc.send_signal(sig)
+    try:
+        rest, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        rest, _ = proc.communicate()
+        raise AssertionError(f"the server ignored {sig!r} for 30 s:\n{rest}") from None
+    return rest
+
+
 def serve_with_gunicorn(tmp_path, worker, app_source, app):
     (tmp_path / "served.py").write_text(textwrap.dedent(app_source))
     proc = subprocess.Popen(
@@ -200,6 +213,7 @@ def serve_with_gunicorn(tmp_path, worker, app_source, app):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )  # fmt: skip
     log = []
     try:
@@ -224,9 +238,7 @@ def serve_with_gunicorn(tmp_path, worker, app_source, app):
                     raise
                 time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-        log.append(rest)
+        log.append(stop(proc, signal.SIGTERM))
         assert "Traceback" not in "".join(log), "".join(log)
 
 
@@ -267,32 +279,32 @@ def test_workers_module_imports_without_gunicorn():
 # ---- servers and libraries started with fastloop (README: "Using fastloop with ...") -----
 
 
-def serve_and_get(tmp_path, args, app_source, pattern):
-    """Start a server process, GET / once it prints its address, stop it with SIGINT."""
+def serve_and_get(tmp_path, args, app_source, pattern, port=None):
+    """Start a server process, GET / once it prints its address (`pattern`'s group 1;
+    or once it prints `pattern`, for a server given `port`), stop it with SIGINT."""
     (tmp_path / "served.py").write_text(textwrap.dedent(app_source))
     proc = subprocess.Popen(
         [sys.executable, *args], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     log = []
     try:
         deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline:
+        ready = False
+        while not ready and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             log.append(line)
             m = re.search(pattern, line)
             if m:
-                port = int(m.group(1))
-        assert port is not None, "".join(log)
+                ready = True
+                port = port or int(m.group(1))
+        assert ready, "".join(log)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
             return resp.status, resp.read().decode()
     finally:
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
-        log.append(rest)
+        log.append(stop(proc, signal.SIGINT))
         assert "Traceback" not in "".join(log), "".join(log)
 
 
@@ -318,6 +330,40 @@ def test_aiohttp_run_app_on_a_fastloop_loop(tmp_path):
         web.run_app(app, host="127.0.0.1", port=0, loop=fastloop.new_event_loop())
     """)
     got = serve_and_get(tmp_path, ["served.py"], source, r"on http://127\.0\.0\.1:(\d+)")
+    assert got == (200, "fastloop.Loop")
+
+
+GRANIAN_RUNNER = """
+import asyncio, sys
+
+import fastloop, granian
+from granian import Granian
+from granian.constants import Interfaces
+
+@granian.loops.register("fastloop")
+def build_fastloop():
+    loop = fastloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+if __name__ == "__main__":
+    Granian("served:app", interface=Interfaces.ASGI, port=int(sys.argv[1]), loop="fastloop").serve()
+"""
+
+
+def test_granian_python_api_with_fastloop_registered(tmp_path):
+    # granian's workers inherit the registration: they are forked (multiprocessing's
+    # start method on Linux before Python 3.14).
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "run_granian.py").write_text(GRANIAN_RUNNER)
+    # It says "Listening" before its worker listens: wait for the worker.
+    got = serve_and_get(
+        tmp_path, ["run_granian.py", str(port)], ASGI_APP, r"Started worker-1", port=port
+    )
     assert got == (200, "fastloop.Loop")
 
 
