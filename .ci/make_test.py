@@ -216,6 +216,8 @@ _PYTEST = re.compile(
 
 
 _CONFORMANCE = re.compile(r"conformance: \w+ in \d+s \(Python [^;]*; (.*)\)$")
+# "anyio suite: OK in 75s (asyncio 1160 passed; fastloop 1161 passed, 0 listed)"
+_ANYIO = re.compile(r"anyio suite: \w+ in \d+s \((.*)\)$")
 
 
 def _result(kind: str, output: str) -> str:
@@ -231,7 +233,11 @@ def _result(kind: str, output: str) -> str:
     if kind == "conformance":
         # "conformance: OK in 58s (Python 3.11.7; asyncio 1672 passed; fastloop ...)"
         found = [m for m in map(_CONFORMANCE.match, lines) if m]
-        return found[-1][1] if found else "no conformance summary"
+        text = found[-1][1] if found else "no conformance summary"
+        anyio = [m for m in map(_ANYIO.match, lines) if m]
+        if anyio:
+            text += f"; anyio's suite: {anyio[-1][1]}"
+        return text
     return ""
 
 
