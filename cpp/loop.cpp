@@ -314,21 +314,11 @@ bool Loop::run_iteration() {
     }
   }
 
-  // The batch: what is ready now, including what this poll's protocol
-  // callbacks scheduled. They ran as the poll's I/O, as asyncio runs its I/O
-  // handles first in the batch, so what they scheduled is already behind
-  // them and ahead of anything a later poll brings: running it now keeps
-  // asyncio's order and saves the next iteration a poll that could only
-  // return at once. After stop() it waits, as asyncio leaves what the
-  // batch scheduled to the next run. What this batch schedules waits for
-  // the next iteration.
-  if (!scheduled_while_polling_.empty() && !stopping_) {
-    for (HandleObject* h : scheduled_while_polling_) ready_.push(h);  // references move
-    scheduled_while_polling_.clear();
-  }
+  // Run only what is ready now; callbacks scheduled meanwhile (by this
+  // iteration's protocol callbacks too) wait for the next iteration.
   const size_t ready_now = ready_.size();
   if (!scheduled_while_polling_.empty()) {
-    for (HandleObject* h : scheduled_while_polling_) ready_.push(h);
+    for (HandleObject* h : scheduled_while_polling_) ready_.push(h);  // references move
     scheduled_while_polling_.clear();
   }
   for (size_t ntodo = ready_now; ntodo > 0; --ntodo) {

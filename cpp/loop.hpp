@@ -7,9 +7,6 @@
 //      to the ready queue;
 //   3. run the callbacks that were ready when step 3 began; what they
 //      schedule runs in the next iteration.
-// Protocol callbacks run inside step 1, as libuv reports the I/O; what they
-// schedule joins step 3's batch (asyncio runs its I/O handles at the head of
-// the same batch), except after stop().
 //
 // The GIL is released only while libuv waits in the kernel. libuv callbacks
 // that touch Python take it back (GilFromLibuv) and keep it until the poll
@@ -139,12 +136,12 @@ class Loop {
   bool check_thread() const noexcept;
 
   // ---- scheduling (GIL held) ----
-  // Queues `h` (a new reference is taken) to run in the next callback phase.
-  // Protocol callbacks run while the loop polls (libuv calls them there, not
-  // through the ready queue); what they schedule is kept apart and joins the
-  // queue at the end of this iteration's batch, behind the timers that came
-  // due, where asyncio has it after its I/O handles (run_iteration() says
-  // why, and the exception of stop()).
+  // Queues `h` (a new reference is taken) to run in the next iteration's
+  // callback phase. Protocol callbacks run while the loop polls (libuv calls
+  // them there, not through the ready queue); what they schedule is kept
+  // apart and joins the queue after this iteration's callbacks have been
+  // counted, so that it runs in the next iteration, as with asyncio, where
+  // the I/O callback itself would have run in this one.
   void push_ready(HandleObject* h) {
     Py_INCREF(h);
     if (polling_) {
