@@ -301,8 +301,15 @@ def serve_and_get(tmp_path, args, app_source, pattern, port=None):
                 ready = True
                 port = port or int(m.group(1))
         assert ready, "".join(log)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
-            return resp.status, resp.read().decode()
+        # A server may print its address a moment before its worker listens.
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                    return resp.status, resp.read().decode()
+            except (ConnectionError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
     finally:
         log.append(stop(proc, signal.SIGINT))
         assert "Traceback" not in "".join(log), "".join(log)
@@ -360,7 +367,7 @@ def test_granian_python_api_with_fastloop_registered(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp_path / "run_granian.py").write_text(GRANIAN_RUNNER)
-    # It says "Listening" before its worker listens: wait for the worker.
+    # It says "Listening" before its worker is up: wait for the worker's line.
     got = serve_and_get(
         tmp_path, ["run_granian.py", str(port)], ASGI_APP, r"Started worker-1", port=port
     )
