@@ -20,6 +20,8 @@ struct Hooks {
   PyObject* transport_error = nullptr;         // (transport, exc, message, fatal) -> None
   PyObject* server_detach = nullptr;           // (server, transport) -> None
   PyObject* log_warning = nullptr;             // (message) -> None
+  PyObject* report_slow_callback = nullptr;    // (loop, handle, seconds) -> None
+  PyObject* report_stall = nullptr;            // (loop, thread_id, seconds, ended) -> None
 };
 extern Hooks g_hooks;
 

@@ -1,5 +1,6 @@
 #include "loop.hpp"
 
+#include <pthread.h>
 #include <pythread.h>
 #include <unistd.h>
 
@@ -159,6 +160,7 @@ int Loop::signal_wakeup_fd() const noexcept {
 }
 
 void Loop::register_owner(HandleOwner* owner) noexcept {
+  if (owner->lifetime_ == Lifetime::kPython) ++python_owners_;
   owner->prev_ = nullptr;
   owner->next_ = owners_;
   if (owners_ != nullptr) owners_->prev_ = owner;
@@ -166,6 +168,7 @@ void Loop::register_owner(HandleOwner* owner) noexcept {
 }
 
 void Loop::unregister_owner(HandleOwner* owner) noexcept {
+  if (owner->lifetime_ == Lifetime::kPython) --python_owners_;
   if (owner->prev_ != nullptr) {
     owner->prev_->next_ = owner->next_;
   } else if (owners_ == owner) {
@@ -212,6 +215,19 @@ void Loop::defer_exception(PyObject* exc) noexcept {
   uv_stop(&uv_);
 }
 
+void Loop::after_fork() noexcept {
+  forked_ = true;
+  if (!monitor_) return;
+  // The parent's monitor thread is not in this process, and its mutex may
+  // have been held at the fork: leave the object alone (leaked) and start
+  // a monitor of our own.
+  static_cast<void>(monitor_.release());
+  pulse_.attention.store(0, std::memory_order_relaxed);
+  if (!apply_monitor_config(monitor_loop_obj_, monitor_config_)) {
+    PyErr_WriteUnraisable(monitor_loop_obj_);
+  }
+}
+
 void Loop::detach_from_parent() noexcept {
   if (!forked_) return;
   forked_ = false;
@@ -235,10 +251,13 @@ void Loop::poll_io(bool may_block) {
     return;
   }
   int64_t timeout_ms = -1;
-  if (!timers_.empty()) {
+  if (!timers_.empty() || lag_due_ns_ != 0) {
+    // The earliest timer, or the next lag sample, whichever comes first.
+    double deadline = timers_.empty() ? HUGE_VAL : timers_.earliest();
+    if (lag_due_ns_ != 0) deadline = std::min(deadline, static_cast<double>(lag_due_ns_) / 1e9);
     // Capped at a day: the loop re-arms, and the cast stays defined for
     // deadlines at infinity.
-    const double delay = std::min(timers_.earliest() - monotonic_seconds(), 86400.0);
+    const double delay = std::min(deadline - monotonic_seconds(), 86400.0);
     timeout_ms = delay <= 0 ? 0 : static_cast<int64_t>(std::ceil(delay * 1e3));
   }
   if (timeout_ms == 0) {
@@ -254,6 +273,8 @@ void Loop::poll_io(bool may_block) {
     timer_->stop();
   }
   sleeping_ = true;
+  idle_start_ns_ = now_ns();
+  pulse_.in_kernel.store(true, std::memory_order_relaxed);
   // The GIL is released while libuv waits in the kernel: nothing here touches
   // Python, and callbacks that do take the GIL back (GilFromLibuv).
   released_tstate_ = PyEval_SaveThread();
@@ -265,6 +286,7 @@ void Loop::poll_io(bool may_block) {
   // A callback may have taken the GIL back already (GilFromLibuv).
   if (released_tstate_ != nullptr) {
     PyEval_RestoreThread(std::exchange(released_tstate_, nullptr));
+    end_idle();
   }
   sleeping_ = false;
   polling_ = false;
@@ -285,7 +307,9 @@ bool Loop::run_once() {
 }
 
 bool Loop::run_iteration() {
+  bump(pulse_.iterations);
   timers_.drop_cancelled_top();
+  const int64_t polls_before = idle_end_ns_;
   if (ready_.empty() && !stopping_) {
     poll_io(true);
   } else if (has_io_sources()) {
@@ -300,6 +324,12 @@ bool Loop::run_iteration() {
     restore_exception(deferred_exc_);
     deferred_exc_ = nullptr;
     return false;
+  }
+  if (lag_due_ns_ != 0) {
+    const bool blocked = idle_end_ns_ != polls_before;
+    if (blocked || (pulse_.attention.load(std::memory_order_relaxed) & kLagDue) != 0) {
+      take_lag_sample(blocked);
+    }
   }
 
   if (!timers_.empty()) {
@@ -327,7 +357,12 @@ bool Loop::run_iteration() {
       release_queued(h);
       continue;
     }
-    const bool ok = debug_ ? run_ready_in_debug(h) : run_handle(h);
+    bump(pulse_.callback_ticks);
+    bool ok = debug_ ? run_ready_in_debug(h) : run_handle(h);
+    bump(pulse_.callback_ticks);
+    if ((pulse_.attention.load(std::memory_order_relaxed) & kSlowSuspect) != 0) [[unlikely]] {
+      ok = check_slow_callback(h) && ok;
+    }
     release_queued(h);
     if (!ok) return false;
   }
@@ -362,6 +397,8 @@ bool Loop::run_forever(PyObject* self, PyObject* step) {
   }
   self_ = self;
   thread_id_ = PyThread_get_thread_ident();
+  pulse_.thread.store(static_cast<uint64_t>(pthread_self()), std::memory_order_relaxed);
+  run_start_ns_ = now_ns();
   bool ok = true;
   for (;;) {
     if (step == nullptr) {
@@ -374,6 +411,8 @@ bool Loop::run_forever(PyObject* self, PyObject* step) {
   }
   stopping_ = false;
   thread_id_ = 0;
+  pulse_.thread.store(0, std::memory_order_relaxed);
+  run_ns_ += now_ns() - run_start_ns_;
   return ok;
 }
 
@@ -390,8 +429,12 @@ bool Loop::run_one_iteration(PyObject* self) {
   if (running()) return run_once();
   self_ = self;
   thread_id_ = PyThread_get_thread_ident();
+  pulse_.thread.store(static_cast<uint64_t>(pthread_self()), std::memory_order_relaxed);
+  run_start_ns_ = now_ns();
   const bool ok = run_once();
   thread_id_ = 0;
+  pulse_.thread.store(0, std::memory_order_relaxed);
+  run_ns_ += now_ns() - run_start_ns_;
   return ok;
 }
 
@@ -402,6 +445,10 @@ bool Loop::close() {
   }
   if (closed_ && !uv_open_) return true;
   closed_ = true;
+  stop_monitor();
+  monitor_config_ = MonitorConfig{};
+  lag_due_ns_ = 0;
+  pulse_.lag_due_ns.store(0, std::memory_order_relaxed);
   detach_from_parent();
   clear_references();
   if (!uv_open_) return true;
@@ -448,6 +495,111 @@ void Loop::clear_references() noexcept {
   while (!ready_.empty()) release_queued(ready_.pop());
   Py_CLEAR(deferred_exc_);
   Py_CLEAR(task_factory_);
+}
+
+// ---- health ----------------------------------------------------------------
+
+Loop::Metrics Loop::metrics() const noexcept {
+  const int64_t now = now_ns();
+  int64_t idle = idle_ns_;
+  if (pulse_.in_kernel.load(std::memory_order_relaxed)) idle += now - idle_start_ns_;
+  int64_t ran = run_ns_;
+  if (running()) ran += now - run_start_ns_;
+  return Metrics{
+      pulse_.iterations.load(std::memory_order_relaxed),
+      pulse_.callback_ticks.load(std::memory_order_relaxed) / 2,
+      pulse_.io_events.load(std::memory_order_relaxed),
+      ready_.size() + scheduled_while_polling_.size(),
+      timers_.size() - timers_.cancelled_count(),
+      watchers_.size(),
+      python_owners_,
+      idle,
+      std::max<int64_t>(ran - idle, 0),
+  };
+}
+
+void Loop::take_lag_sample(bool after_blocking_poll) {
+  pulse_.attention.fetch_and(~static_cast<uint32_t>(kLagDue), std::memory_order_relaxed);
+  const int64_t now = after_blocking_poll ? idle_end_ns_ : now_ns();
+  if (now < lag_due_ns_) return;
+  lag_.record(now - lag_due_ns_);
+  lag_due_ns_ = now + monitor_config_.lag_resolution_ns;
+  pulse_.lag_due_ns.store(lag_due_ns_, std::memory_order_relaxed);
+}
+
+bool Loop::check_slow_callback(HandleObject* h) {
+  pulse_.attention.fetch_and(~static_cast<uint32_t>(kSlowSuspect), std::memory_order_acquire);
+  const uint64_t ran_as = pulse_.callback_ticks.load(std::memory_order_relaxed) - 1;
+  if (pulse_.slow_ticks.load(std::memory_order_relaxed) != ran_as) return true;  // an older one
+  const int64_t threshold = monitor_config_.slow_threshold_ns;
+  const int64_t took = now_ns() - pulse_.slow_start_ns.load(std::memory_order_relaxed);
+  if (threshold == 0 || took < threshold || g_hooks.report_slow_callback == nullptr) return true;
+  // A callback that fails leaves its exception set: keep it across the report.
+  PyObject* exc = PyErr_Occurred() != nullptr ? take_exception() : nullptr;
+  Ref seconds(PyFloat_FromDouble(static_cast<double>(took) / 1e9));
+  bool ok = static_cast<bool>(seconds);
+  if (ok) {
+    Ref r(PyObject_CallFunctionObjArgs(g_hooks.report_slow_callback, self_,
+                                       reinterpret_cast<PyObject*>(h), seconds.get(), nullptr));
+    ok = static_cast<bool>(r);
+  }
+  if (exc != nullptr) {
+    if (!ok) PyErr_Clear();  // the callback's exception goes first
+    restore_exception(exc);
+    return true;
+  }
+  return ok;
+}
+
+bool Loop::apply_monitor_config(PyObject* py_self, const MonitorConfig& config) {
+  monitor_config_ = config;
+  monitor_loop_obj_ = py_self;
+  if (!config.any()) {
+    stop_monitor();
+    return true;
+  }
+  if (monitor_) {
+    monitor_->reconfigure(config);
+    return true;
+  }
+  auto monitor = std::make_unique<Monitor>(&pulse_, py_self, config);
+  if (!monitor->start()) return false;
+  monitor_ = std::move(monitor);
+  return true;
+}
+
+void Loop::stop_monitor() noexcept {
+  if (!monitor_) return;
+  monitor_->stop();
+  monitor_.reset();
+}
+
+bool Loop::set_lag_resolution(PyObject* py_self, int64_t ns) {
+  if (!check_open()) return false;
+  MonitorConfig config = monitor_config_;
+  config.lag_resolution_ns = ns;
+  lag_due_ns_ = ns != 0 ? now_ns() + ns : 0;
+  pulse_.lag_due_ns.store(lag_due_ns_, std::memory_order_relaxed);
+  return apply_monitor_config(py_self, config);
+}
+
+bool Loop::set_slow_threshold(PyObject* py_self, int64_t ns) {
+  if (!check_open()) return false;
+  MonitorConfig config = monitor_config_;
+  config.slow_threshold_ns = ns;
+  return apply_monitor_config(py_self, config);
+}
+
+bool Loop::set_watchdog(PyObject* py_self, int64_t stall_ns, int64_t resolution_ns, int fd,
+                        int signum, bool handler) {
+  if (!check_open()) return false;
+  MonitorConfig config = monitor_config_;
+  config.stall_ns = stall_ns;
+  config.stall_resolution_ns = resolution_ns;
+  config.stall_fd = fd;
+  config.stall_signum = signum;
+  config.stall_handler = handler;
+  return apply_monitor_config(py_self, config);
 }
 
 int Loop::traverse(visitproc visit, void* arg) const {

@@ -38,10 +38,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
 #include "handles.hpp"
+#include "health.hpp"
 #include "owner.hpp"
 #include "poll.hpp"
 #include "sockwait.hpp"
@@ -108,7 +110,9 @@ class Loop {
   // this copy next polls or closes anything, it gets kernel state of its own
   // (uv_loop_fork). Deferred to then, because the fork may have happened
   // inside one of libuv's callbacks.
-  void after_fork() noexcept { forked_ = true; }
+  // The monitor thread (health.hpp) did not follow into the child: one is
+  // started there for the same work.
+  void after_fork() noexcept;
   // Does what after_fork() deferred, if it is still to do (before the child
   // polls, or touches kernel state the parent shares).
   void detach_from_parent() noexcept;
@@ -212,6 +216,23 @@ class Loop {
   int traverse(visitproc visit, void* arg) const;
   void clear_references() noexcept;
 
+  // ---- health (health.hpp) ----
+  struct Metrics {
+    uint64_t iterations, callbacks, io_events, ready, timers, fds, transports;
+    int64_t idle_ns, active_ns;
+  };
+  Metrics metrics() const noexcept;
+  LagHistogram& lag() noexcept { return lag_; }
+  bool lag_running() const noexcept { return monitor_config_.lag_resolution_ns != 0; }
+  // Each changes what the monitor thread watches for (0: off), starting
+  // or stopping it; `py_self` is the Python loop. False with the exception
+  // set (RuntimeError when closed).
+  bool set_lag_resolution(PyObject* py_self, int64_t ns);
+  bool set_slow_threshold(PyObject* py_self, int64_t ns);
+  bool set_watchdog(PyObject* py_self, int64_t stall_ns, int64_t resolution_ns, int fd, int signum,
+                    bool handler);
+  const MonitorConfig& monitor_config() const noexcept { return monitor_config_; }
+
   // Saved thread state while the GIL is released around a blocking poll.
   PyThreadState* released_tstate_ = nullptr;
 
@@ -224,6 +245,19 @@ class Loop {
   bool has_io_sources() const noexcept;
   void poll_io(bool may_block);
   bool run_ready_in_debug(HandleObject* h);
+  // The blocking poll is over and the GIL held again: count the idle time.
+  void end_idle() noexcept {
+    const int64_t t = now_ns();
+    idle_ns_ += t - idle_start_ns_;
+    idle_end_ns_ = t;
+    pulse_.in_kernel.store(false, std::memory_order_relaxed);
+  }
+  void take_lag_sample(bool after_blocking_poll);
+  // The monitor flagged the callback `h` that just returned as slow: time
+  // it, and report it. False with an exception to propagate.
+  bool check_slow_callback(HandleObject* h);
+  bool apply_monitor_config(PyObject* py_self, const MonitorConfig& config);
+  void stop_monitor() noexcept;
   void close_owners() noexcept;
   bool fail_open() noexcept;
 
@@ -253,6 +287,21 @@ class Loop {
   bool iterating_ = false;  // inside run_once(): its callbacks may not run another
   uint64_t poll_count_ = 0;
   bool uv_open_ = false;
+
+  // Health (health.hpp). Times are CLOCK_MONOTONIC nanoseconds.
+  Pulse pulse_;
+  int64_t idle_ns_ = 0;        // blocked in polls, in all
+  int64_t idle_start_ns_ = 0;  // the current blocking poll's start
+  int64_t idle_end_ns_ = 0;    // when the last blocking poll ended
+  int64_t run_ns_ = 0;         // running (run_forever or a lone iteration), in all
+  int64_t run_start_ns_ = 0;   // the current run's start
+  size_t python_owners_ = 0;   // registered owners a Python object owns: transports & co.
+  int64_t lag_due_ns_ = 0;     // the loop thread's copy of pulse_.lag_due_ns
+  LagHistogram lag_;
+  MonitorConfig monitor_config_;
+  std::unique_ptr<Monitor> monitor_;
+  PyObject* monitor_loop_obj_ = nullptr;  // borrowed: the Python loop the monitor reports
+  bool restart_monitor_ = false;          // forked: the child needs a thread of its own
 };
 
 // Makes sure the GIL is held for a libuv callback: if the loop released it
@@ -265,7 +314,9 @@ class GilFromLibuv {
   explicit GilFromLibuv(Loop* loop) noexcept {
     if (PyThreadState* tstate = std::exchange(loop->released_tstate_, nullptr)) {
       PyEval_RestoreThread(tstate);
+      loop->end_idle();
     }
+    bump(loop->pulse_.io_events);
   }
   GilFromLibuv(const GilFromLibuv&) = delete;
   GilFromLibuv& operator=(const GilFromLibuv&) = delete;

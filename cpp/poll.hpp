@@ -51,6 +51,7 @@ class FdWatchers {
   // transports replace the fd's reader in the selector the same way).
   void evict(int fd);
   bool empty() const noexcept { return by_fd_.empty(); }
+  size_t size() const noexcept { return by_fd_.size(); }
 
   // Before each poll: libuv hands fd changes to epoll only then, and aborts if
   // such an fd was closed meanwhile (asyncio tolerates closing a watched fd).

@@ -24,6 +24,8 @@ class TimerHeap {
 
   bool empty() const noexcept { return heap_.empty(); }
   size_t size() const noexcept { return heap_.size(); }
+  // Cancelled timers still in the heap (dropped lazily).
+  size_t cancelled_count() const noexcept { return cancelled_; }
   double earliest() const noexcept { return heap_.front().when; }
 
   // Removes the earliest timer and returns the heap's reference to it.

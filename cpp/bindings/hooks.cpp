@@ -32,6 +32,8 @@ void register_hooks(py::module_& m) {
             {"transport_error", &g_hooks.transport_error},
             {"server_detach", &g_hooks.server_detach},
             {"log_warning", &g_hooks.log_warning},
+            {"report_slow_callback", &g_hooks.report_slow_callback},
+            {"report_stall", &g_hooks.report_stall},
         };
         for (const auto& item : kwargs) {
           const std::string name = py::str(item.first);

@@ -10,6 +10,8 @@
 #include <pybind11/pybind11.h>
 
 #include <climits>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 
 #include "errors.hpp"
@@ -301,6 +303,69 @@ void watch_fd(py::handle self, int fd, Interest what, py::handle callback, const
   if (!ok) throw py::error_already_set();
 }
 
+// ---- health (cpp/health.hpp; the API is fastloop/_health.py) ---------------
+
+int64_t to_ns(double seconds) {
+  if (!(seconds >= 0) || seconds > 1e9) throw py::value_error("a duration in seconds was expected");
+  return static_cast<int64_t>(std::llround(seconds * 1e9));
+}
+
+double to_seconds(int64_t ns) {
+  return static_cast<double>(ns) / 1e9;
+}
+
+void ok_or_raise(bool ok) {
+  if (!ok) throw py::error_already_set();
+}
+
+void register_health(py::class_<Loop>& cls) {
+  cls.def(
+         "_metrics",
+         [](py::handle self) {
+           Loop& l = core(self);
+           ok_or_raise(l.check_open());
+           const Loop::Metrics m = l.metrics();
+           return py::make_tuple(m.iterations, m.callbacks, m.io_events, m.ready, m.timers, m.fds,
+                                 m.transports, to_seconds(m.idle_ns), to_seconds(m.active_ns));
+         },
+         "(iterations, callbacks, io_events, ready, timers, fds, transports, idle, active)")
+      .def(
+          "_set_lag_resolution",
+          [](py::handle self, double seconds) {
+            ok_or_raise(core(self).set_lag_resolution(self.ptr(), to_ns(seconds)));
+          },
+          "Sample lag every `seconds` (0: stop); the histogram is kept.")
+      .def_property_readonly("_lag_running",
+                             [](py::handle self) { return core(self).lag_running(); })
+      .def(
+          "_lag_stats",
+          [](py::handle self) {
+            const LagHistogram& h = core(self).lag();
+            return py::make_tuple(h.count(), to_seconds(h.min()), to_seconds(h.max()),
+                                  h.mean() / 1e9, h.stddev() / 1e9);
+          },
+          "(count, min, max, mean, stddev) of the lag samples, in seconds.")
+      .def(
+          "_lag_percentile",
+          [](py::handle self, double percent) {
+            return to_seconds(core(self).lag().percentile(percent));
+          })
+      .def("_lag_reset", [](py::handle self) { core(self).lag().reset(); })
+      .def(
+          "_set_slow_threshold",
+          [](py::handle self, double seconds) {
+            ok_or_raise(core(self).set_slow_threshold(self.ptr(), to_ns(seconds)));
+          },
+          "Report callbacks that run `seconds` or longer (0: stop).")
+      .def(
+          "_set_watchdog",
+          [](py::handle self, double stall, double resolution, int fd, int signum, bool handler) {
+            ok_or_raise(core(self).set_watchdog(self.ptr(), to_ns(stall), to_ns(resolution), fd,
+                                                signum, handler));
+          },
+          "Watch for stalls of `stall` seconds (0: stop), looking every `resolution`.");
+}
+
 }  // namespace
 
 Loop* core_of(PyObject* obj) noexcept {
@@ -404,6 +469,7 @@ void register_loop(py::module_& m) {
       .def_property(
           "_debug", [](py::handle self) { return core(self).debug(); },
           [](py::handle self, bool on) { core(self).set_debug(on); });
+  register_health(cls);
 
   g_loop_type = reinterpret_cast<PyTypeObject*>(cls.ptr());
   add_fast_methods(cls, kFastMethods);

@@ -22,9 +22,21 @@ import sys
 import warnings
 from asyncio import events, unix_events
 
+from ._health import LagMonitor, LoopMetrics, SlowCallback, StallReport, Utilization
 from ._loop import Loop
 
-__all__ = ["Loop", "new_event_loop", "run", "EventLoopPolicy", "install"]
+__all__ = [
+    "Loop",
+    "new_event_loop",
+    "run",
+    "EventLoopPolicy",
+    "install",
+    "LagMonitor",
+    "LoopMetrics",
+    "SlowCallback",
+    "StallReport",
+    "Utilization",
+]
 __version__ = "0.1.0"
 
 # asyncio deprecates its policy system in 3.14 and removes it in 3.16.

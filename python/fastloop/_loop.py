@@ -11,6 +11,7 @@ and task factories. Names and messages mirror ``asyncio.base_events`` and
 from __future__ import annotations
 
 import asyncio
+import atexit
 import errno
 import functools
 import inspect
@@ -26,6 +27,7 @@ from asyncio import base_events, coroutines, events, format_helpers, futures, ta
 from . import _core
 from ._datagram import DatagramMethods
 from ._dns import DnsMethods
+from ._health import HealthMethods, _report_slow_callback, _report_stall, _stop_all_monitors
 from ._network import NetworkMethods
 from ._pipes import PipeMethods
 from ._sockets import SocketMethods
@@ -116,6 +118,8 @@ _core._install_hooks(
     future_type=asyncio.Future,
     task_type=asyncio.Task,
     partial_type=functools.partial,
+    report_slow_callback=_report_slow_callback,
+    report_stall=_report_stall,
 )
 
 
@@ -188,6 +192,7 @@ class Loop(
     NetworkMethods,
     PipeMethods,
     SubprocessMethods,
+    HealthMethods,
     _core.Loop,
     asyncio.AbstractEventLoop,
 ):
@@ -213,7 +218,10 @@ class Loop(
     - ``PipeMethods`` (_pipes.py): ``connect_read_pipe``,
       ``connect_write_pipe``;
     - ``SubprocessMethods`` (_subprocess.py): ``subprocess_exec``,
-      ``subprocess_shell``.
+      ``subprocess_shell``;
+    - ``HealthMethods`` (_health.py, counting in cpp/health.hpp):
+      ``metrics``, ``utilization``, ``monitor_lag``,
+      ``set_slow_callback_handler``, ``start_watchdog``, ``stop_watchdog``.
     """
 
     __module__ = "fastloop"
@@ -338,6 +346,7 @@ class Loop(
         self._watched_writers.clear()
         self._listeners.clear()  # the core closes them with the loop
         self._orphan_subprocesses()
+        self._stop_health_monitors()
         self._close()
         if executor is not None:
             executor.shutdown(wait=False)
@@ -573,3 +582,6 @@ def _after_fork_in_child():
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+# A monitor thread (lag, slow callbacks, watchdog) must not outlive the
+# interpreter: its stall reports call into Python or signal faulthandler.
+atexit.register(_stop_all_monitors, _LIVE_LOOPS)
