@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Benchmarks of asyncio event loops, side by side: micro-benchmarks, "
         "subprocesses, echo and UDP servers under a C load generator, HTTP servers under "
-        "wrk, and how costs scale with timers and connections.",
+        "wrk, how costs scale with timers and connections, and loop lag.",
     )
     parser.add_argument(
         "--loops",
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_names,
         default=None,
         help="comma-separated benchmark names, group names (micro, proc, echo, udp, http, "
-        "scale) or globs "
+        "scale, lag) or globs "
         "('echo_*_tcp'); default: all; see --list",
     )
     parser.add_argument(

@@ -183,7 +183,25 @@ def _run(server_cmd, transport: str, size: int, connections: int, n: int, tmp: P
     if transport == "udp":
         keys += ["lost", "stale"]  # datagrams not echoed within 200 ms; late echoes
     extra = {k: result[k] for k in keys}
+    health = _health(errfile)
+    if health is not None:
+        extra["health"] = health
     return Measurement(result["requests"], result["seconds"], extra)
+
+
+def _health(errfile: Path) -> dict | None:
+    """The server's HEALTH line (fastloop+health, printed as it stops), if any."""
+    try:
+        lines = errfile.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("HEALTH "):
+            try:
+                return json.loads(line[len("HEALTH ") :])
+            except json.JSONDecodeError:
+                return None
+    return None
 
 
 def _check_tools(*names: str) -> None:

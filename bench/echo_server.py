@@ -14,7 +14,10 @@ listens::
 
 then serves until it is killed (SIGTERM/SIGINT: the default action, nothing to
 clean up; the driver removes the Unix socket's directory). If it cannot start,
-it prints the traceback on stderr and exits with status 1.
+it prints the traceback on stderr and exits with status 1. On a loop whose spec
+has a summary (``fastloop+health``), SIGTERM stops the loop instead, and the
+server prints ``HEALTH {json}`` (the monitors' view: lag samples, slow
+callbacks, utilization) on stderr before it exits; the driver keeps it.
 
 Every style echoes byte for byte, reading at most 64 KiB at a time:
 
@@ -42,7 +45,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
 import socket
+import sys
 
 from bench import loops
 from bench.server_process import announce_ready, start_or_report
@@ -178,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     if started is None:
         return 1
     keep, where = started
+    report = loops.LOOPS[args.loop].summary is not None
+    if report:
+        loop.add_signal_handler(signal.SIGTERM, loop.stop)
     announce_ready(f"READY {args.transport} {where}")
     loop.run_forever()
+    if report:
+        print(f"HEALTH {json.dumps(loops.summary(args.loop, loop))}", file=sys.stderr, flush=True)
     del keep
     return 0
 

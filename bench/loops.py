@@ -23,6 +23,13 @@ class LoopSpec:
     factory: str  # attribute of `module` that returns a new, unstarted loop
     about: str  # one line for the report
     install_hint: str  # said when the module cannot be imported
+    # A variant of another loop (the same loop with something turned on): it
+    # joins the rows that name it in Benchmark.also_on when that loop is run,
+    # and the tables show its ratio to that loop.
+    variant_of: str | None = None
+    # Attribute of `module`: summary(loop) -> dict, read after a sample (not
+    # timed) and kept in the sample's extra data under "health".
+    summary: str | None = None
 
 
 LOOPS: dict[str, LoopSpec] = {
@@ -59,6 +66,18 @@ LOOPS: dict[str, LoopSpec] = {
             "C++ on libuv (this project)",
             "make build (installs fastloop into .venv)",
         ),
+        # fastloop with its loop-health features on (bench/health_loop.py): the
+        # lag monitor, a slow-callback handler and the stall watchdog.
+        LoopSpec(
+            "fastloop+health",
+            "bench.health_loop",
+            "new_event_loop",
+            "fastloop with monitor_lag(0.01), a slow-callback handler (0.1 s) "
+            "and start_watchdog(1.0) on",
+            "make build (installs fastloop into .venv)",
+            variant_of="fastloop",
+            summary="summary",
+        ),
     )
 }
 
@@ -68,6 +87,9 @@ DEFAULT_LOOPS: tuple[str, ...] = ("asyncio", "uvloop", "rloop", "fastloop")
 
 # The loops the ratio columns and targets compare.
 SUBJECT = "fastloop"
+# fastloop with the lag monitor, the slow-callback handler and the watchdog on:
+# a column of its own on the rows that name it (Benchmark.also_on).
+HEALTH = "fastloop+health"
 BASELINES: tuple[str, ...] = ("asyncio", "uvloop")
 
 
@@ -76,6 +98,14 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
     spec = LOOPS[name]
     module = importlib.import_module(spec.module)
     return getattr(module, spec.factory)()
+
+
+def summary(name: str, loop: asyncio.AbstractEventLoop) -> dict | None:
+    """What the loop's spec says about a loop after a sample (LoopSpec.summary), if anything."""
+    spec = LOOPS[name]
+    if spec.summary is None:
+        return None
+    return getattr(importlib.import_module(spec.module), spec.summary)(loop)
 
 
 def version(name: str) -> str:

@@ -12,11 +12,12 @@ JSON/Markdown and the plot are driven by this list.
 
 Two kinds of rows:
 
-- in-process (groups ``micro``, ``proc``, ``scale``, the ``udp_oneway_*`` rows):
-  ``func(loop, n, **params)`` runs on a loop the worker made, once at a tenth of
-  ``n`` as a warm-up (unless ``warmup=False``: the function warms up itself), then
-  timed; ``n`` counts ops (processes; MiB for the pipe rows, whose child is sized
-  by ``n``).
+- in-process (groups ``micro``, ``proc``, ``scale``, ``lag``, the ``udp_oneway_*``
+  rows): ``func(loop, n, **params)`` runs on a loop the worker made, once at a
+  tenth of ``n`` as a warm-up (unless ``warmup=False``: the function warms up
+  itself), then timed; ``n`` counts ops (processes; MiB for the pipe rows, whose
+  child is sized by ``n``), or is a timed span in milliseconds (``span=True``:
+  the lag row).
 - drivers (groups ``echo``, ``http``, the ``udp_pingpong_*`` rows):
   ``func(loop_name, n, **params)`` starts the loop under test in a process of its
   own (an echo or HTTP server) and loads it from outside; the worker makes no
@@ -24,16 +25,25 @@ Two kinds of rows:
   A row with ``runs_on`` runs on those pseudo-loops instead of the selected loops:
   the plain-C libuv echo server, the ceiling (``CEILING``).
 
+A row with ``also_on`` runs on those variant loops too, beside the selected
+loops, when the loop they vary is selected: ``fastloop+health`` (``HEALTH``,
+fastloop with the lag monitor, a slow-callback handler and the watchdog on)
+on the rows ``HEALTH_ROWS`` names, held to ``HEALTH_TARGET``.
+
 A function may put per-size figures in ``Measurement.extra["scale"]`` (see
-``bench/scale.py``); the report prints them as a table under the group's.
+``bench/scale.py``), or lag percentiles in ``Measurement.extra["lag"]`` (see
+``bench/lag.py``); the report prints them as a table under the group's (and
+plots the lag).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import NamedTuple
+
+from bench.loops import HEALTH, SUBJECT
 
 
 class Measurement(NamedTuple):
@@ -48,16 +58,21 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """fastloop's ops/s must be at least `factor` times the `baseline` loop's."""
+    """The `subject` loop's ops/s must be at least `factor` times the `baseline` loop's."""
 
     baseline: str
     factor: float
+    subject: str = SUBJECT
 
     @property
     def label(self) -> str:
-        if self.factor == 1:
-            return f">= {self.baseline}"
-        return f">= {self.factor:g}x {self.baseline}"
+        """As the targets column says it: the subject is named unless it is fastloop."""
+        than = self.baseline if self.factor == 1 else f"{self.factor:g}x {self.baseline}"
+        return f">= {than}" if self.subject == SUBJECT else f"{self.subject} >= {than}"
+
+    @property
+    def sentence(self) -> str:
+        return f"{SUBJECT} {self.label}" if self.subject == SUBJECT else self.label
 
 
 # Held on every row.
@@ -86,6 +101,9 @@ class Benchmark:
     repeat: int = 5  # samples per cell unless --repeat says otherwise
     tools: tuple[str, ...] = ()  # C helpers (bench/loadgen/) built before the run
     warmup: bool = True  # in-process: the worker runs func at n/10 first (False: func warms up)
+    also_on: tuple[str, ...] = ()  # variant loops (LoopSpec.variant_of) run beside the selected
+    span: bool = False  # in-process, but n is a timed span in ms, as a driver's
+    global_targets: bool = True  # held to GLOBAL_TARGETS (False: a row that ranks nothing)
 
     def size(self, quick: bool) -> int:
         if not quick:
@@ -94,7 +112,7 @@ class Benchmark:
 
     def size_text(self, quick: bool = False) -> str:
         n = self.size(quick)
-        if self.driver:
+        if self.driver or self.span:
             return f"{n / 1000:g} s timed"
         plural = {"MiB": "MiB", "process": "processes"}.get(self.unit, f"{self.unit}s")
         return f"{n:,} {plural}"
@@ -102,11 +120,19 @@ class Benchmark:
     def all_targets(self) -> tuple[Target, ...]:
         if self.runs_on:
             return ()
-        return GLOBAL_TARGETS + self.targets
+        return (GLOBAL_TARGETS if self.global_targets else ()) + self.targets
 
 
 TWICE_ASYNCIO = Target("asyncio", 2.0)
 AT_LEAST_ASYNCIO = Target("asyncio", 1.0)
+
+# Issue 13: the loop-health features cost at most 2% where they cost most
+# (a callback that does nothing; a small echo). fastloop+health runs on the rows
+# of HEALTH_ROWS; the target holds on those of HEALTH_TARGET_ROWS.
+HEALTH_TARGET = Target(SUBJECT, 0.98, subject=HEALTH)
+HEALTH_TARGET_ROWS = ("call_soon_chained", "echo_protocol_1k_tcp")
+HEALTH_ROWS = (*HEALTH_TARGET_ROWS, "sleep0_tasks", "echo_streams_1k_tcp")
+
 PROC_CONCURRENCY = 16  # children in flight in the spawn_* rows
 PIPE_REPEAT = 9  # the *_throughput rows swing 2-3x between samples: bench/README.md
 
@@ -468,11 +494,69 @@ BENCHMARKS += [
     ),
 ]
 
-# Read by people, not asserted: issue 3's acceptance criterion, summed up under
-# the echo table (each row's own pass/FAIL is in its targets column).
-ACCEPTANCE = (
-    "issue 3: fastloop >= the best of asyncio and uvloop on every TCP echo row",
-    lambda b: b.group == "echo" and not b.runs_on and b.params.get("transport") == "tcp",
+# Loop lag (group "lag", bench/lag.py): how late a task sleeping 10 ms wakes
+# while the loop runs a fixed mixed workload; percentiles per loop in
+# Measurement.extra["lag"], printed under the table and plotted.
+LAG_MS = 2500  # timed span of one sample: 250 probe samples
+LAG_REPEAT = 3
+
+BENCHMARKS.append(
+    Benchmark(
+        "loop_lag",
+        "lag",
+        "bench.lag:loop_lag",
+        n=LAG_MS,
+        quick_n=300,
+        unit="step",
+        doc="how late a task's asyncio.sleep(0.01) wakes while 2 tasks burn 0.25-1.75 ms of "
+        "CPU then sleep 0-6 ms, 20 tasks sleep(0) x5 then sleep(0.001), 4 socketpairs "
+        "ping-pong 256 B every ms; ops/s are the workload's steps, lag percentiles below",
+        params={"period": 0.01},
+        repeat=LAG_REPEAT,
+        span=True,
+        global_targets=False,  # the steps/s are the workload's, not a race
+    )
+)
+
+# fastloop+health (fastloop with the lag monitor, a slow-callback handler and the
+# watchdog on) as a column of its own on HEALTH_ROWS, held to HEALTH_TARGET on
+# HEALTH_TARGET_ROWS.
+_missing = [n for n in HEALTH_ROWS if n not in {b.name for b in BENCHMARKS}]
+if _missing:
+    raise RuntimeError(f"HEALTH_ROWS names unknown rows: {_missing}")
+BENCHMARKS = [
+    replace(
+        b,
+        also_on=(*b.also_on, HEALTH),
+        targets=b.targets + ((HEALTH_TARGET,) if b.name in HEALTH_TARGET_ROWS else ()),
+    )
+    if b.name in HEALTH_ROWS
+    else b
+    for b in BENCHMARKS
+]
+
+
+class Acceptance(NamedTuple):
+    """An issue's criterion, summed up in one line under the tables."""
+
+    title: str
+    covers: Callable[[Benchmark], bool]  # the rows it is judged on
+    counts: Callable[[Target], bool]  # the targets of those rows it is about
+
+
+# Read by people, not asserted (each row's own pass/FAIL is in its targets column).
+ACCEPTANCES: tuple[Acceptance, ...] = (
+    Acceptance(
+        "issue 3: fastloop >= the best of asyncio and uvloop on every TCP echo row",
+        lambda b: b.group == "echo" and not b.runs_on and b.params.get("transport") == "tcp",
+        lambda t: t.subject == SUBJECT,
+    ),
+    Acceptance(
+        f"issue 13: the loop-health features (lag monitor, slow-callback handler, watchdog) "
+        f"cost <= 2%: {HEALTH_TARGET.sentence} on {', '.join(HEALTH_TARGET_ROWS)}",
+        lambda b: HEALTH_TARGET in b.targets,
+        lambda t: t == HEALTH_TARGET,
+    ),
 )
 
 GROUP_TITLES: dict[str, str] = {
@@ -483,6 +567,7 @@ GROUP_TITLES: dict[str, str] = {
     "scale": "scaling (ops/s at the largest size; connections per MiB on memory_per_connection)",
     "udp": f"UDP (round trips/s with {UDP_FLOWS} flows on the pingpong rows; "
     "datagrams received/s on the oneway rows)",
+    "lag": "loop lag under a mixed workload (the workload's steps/s; lag percentiles below)",
 }
 
 BY_NAME: dict[str, Benchmark] = {b.name: b for b in BENCHMARKS}

@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench import cbuild, loops
@@ -42,6 +42,7 @@ class LoopInfo:
     version: str | None = None
     loop_class: str | None = None
     reason: str | None = None  # why not available
+    extra: bool = False  # not selected: a variant run only on the rows naming it (also_on)
 
 
 @dataclass
@@ -223,15 +224,24 @@ def run(
     if tools:
         meta["build_failures"] = cbuild.ensure(tools, log=log)
 
+    # Variant loops (fastloop+health) join the rows naming them in also_on,
+    # when the loop they vary is among the selected ones.
+    extras = [
+        name
+        for name in dict.fromkeys(n for b in benchmarks for n in b.also_on)
+        if name not in loop_names and loops.LOOPS[name].variant_of in loop_names
+    ]
     # A probe imports the loop and runs one coroutine: seconds at most, unless it hangs.
     infos = [probe(name, PROBE_TIMEOUT) for name in loop_names]
+    infos += [replace(probe(name, PROBE_TIMEOUT), extra=True) for name in extras]
     for info in infos:
         if not info.available:
             log(f"note: {info.name} is n/a: {info.reason}")
     available = [i.name for i in infos if i.available]
     cells = {}
     for b in benchmarks:
-        for name in b.runs_on or loop_names:
+        names = b.runs_on or [*loop_names, *(n for n in b.also_on if n in extras)]
+        for name in names:
             cells[(b.name, name)] = Cell()
     for info in infos:
         if not info.available:
@@ -242,15 +252,15 @@ def run(
     width = max((len(b.name) for b in benchmarks), default=0)
     rounds = max((repeats(b, repeat, quick) for b in benchmarks), default=0)
     for rep in range(rounds):
-        shift = rep % len(available) if available else 0
-        order = available[shift:] + available[:shift]
         for bench in benchmarks:
             total = repeats(bench, repeat, quick)
             if rep >= total:
                 continue
             n = bench.size(quick)
+            order = [name for name in available if (bench.name, name) in cells]
+            shift = rep % len(order) if order else 0
             shown = []
-            for name in bench.runs_on or order:
+            for name in bench.runs_on or order[shift:] + order[:shift]:
                 cell = cells[(bench.name, name)]
                 if cell.problem:
                     continue

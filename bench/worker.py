@@ -4,6 +4,9 @@ For a driver row (``Benchmark.driver``, e.g. the echo servers) the worker makes
 no loop: the row's function gets the loop's name, starts the loop under test in
 a process of its own and loads it from outside.
 
+A loop whose spec has a ``summary`` (``fastloop+health``) is asked for it after
+the timed run, untimed; it goes into the extra data as ``"health"``.
+
 Also ``--probe`` (no benchmark): import the loop, run a trivial coroutine on
 it and report its version and class, so the parent learns whether the loop is
 usable without importing it.
@@ -91,8 +94,12 @@ def sample(loop_name: str, bench_name: str, n: int) -> dict:
         gc.collect()
         m = func(loop, n, **bench.params)
         result = {"ok": True, "ops": m.ops, "seconds": m.seconds, "loop_class": _qualname(loop)}
-        if m.extra:
-            result["extra"] = m.extra
+        extra = dict(m.extra or {})
+        health = loops.summary(loop_name, loop)  # after the timed span (fastloop+health)
+        if health is not None:
+            extra["health"] = health
+        if extra:
+            result["extra"] = extra
         return result
     finally:
         _close(loop)

@@ -40,7 +40,7 @@ void LagHistogram::record(int64_t ns) noexcept {
   if (count_ == 0 || ns < min_) min_ = ns;
   max_ = std::max(max_, ns);
   ++count_;
-  const double x = static_cast<double>(ns);
+  const auto x = static_cast<double>(ns);
   const double delta = x - mean_;
   mean_ += delta / static_cast<double>(count_);
   m2_ += delta * (x - mean_);

@@ -71,8 +71,8 @@ struct Pulse {
   // The pthread running the loop, 0 while it does not run.
   std::atomic<uint64_t> thread{0};
   std::atomic<uint32_t> attention{0};
-  std::atomic<int64_t> lag_due_ns{0};  // next lag sample; 0 while no lag monitor runs
-  std::atomic<uint64_t> slow_ticks{0};  // callback_ticks while the suspect runs
+  std::atomic<int64_t> lag_due_ns{0};     // next lag sample; 0 while no lag monitor runs
+  std::atomic<uint64_t> slow_ticks{0};    // callback_ticks while the suspect runs
   std::atomic<int64_t> slow_start_ns{0};  // the suspect's estimated start
 };
 
@@ -155,11 +155,11 @@ class Monitor {
   // The monitor thread's own state.
   int64_t last_wake_ns_ = 0;
   uint64_t slow_seen_ticks_ = 0;
-  int64_t slow_seen_ns_ = 0;     // when slow_seen_ticks_ was first seen
-  int64_t slow_before_ns_ = 0;   // the wake before that
+  int64_t slow_seen_ns_ = 0;    // when slow_seen_ticks_ was first seen
+  int64_t slow_before_ns_ = 0;  // the wake before that
   uint64_t slow_flagged_ticks_ = 0;
   uint64_t stall_signature_ = 0;
-  int64_t progress_ns_ = 0;      // when the loop was last seen moving
+  int64_t progress_ns_ = 0;  // when the loop was last seen moving
   int64_t stall_start_ns_ = 0;
   bool stalled_ = false;
 };

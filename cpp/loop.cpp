@@ -511,7 +511,7 @@ Loop::Metrics Loop::metrics() const noexcept {
       pulse_.io_events.load(std::memory_order_relaxed),
       ready_.size() + scheduled_while_polling_.size(),
       timers_.size() - timers_.cancelled_count(),
-      watchers_.size(),
+      watchers_.watched(),
       python_owners_,
       idle,
       std::max<int64_t>(ran - idle, 0),

@@ -301,7 +301,6 @@ class Loop {
   MonitorConfig monitor_config_;
   std::unique_ptr<Monitor> monitor_;
   PyObject* monitor_loop_obj_ = nullptr;  // borrowed: the Python loop the monitor reports
-  bool restart_monitor_ = false;          // forked: the child needs a thread of its own
 };
 
 // Makes sure the GIL is held for a libuv callback: if the loop released it

@@ -87,6 +87,12 @@ bool FdWatchers::remove(int fd, Interest what) {
   return true;
 }
 
+size_t FdWatchers::watched() const noexcept {
+  size_t n = 0;
+  for (const auto& [fd, w] : by_fd_) n += (w->reader != nullptr || w->writer != nullptr) ? 1 : 0;
+  return n;
+}
+
 void FdWatchers::evict_idle(int fd) {
   auto it = by_fd_.find(fd);
   if (it != by_fd_.end() && it->second->reader == nullptr && it->second->writer == nullptr) {

@@ -51,7 +51,8 @@ class FdWatchers {
   // transports replace the fd's reader in the selector the same way).
   void evict(int fd);
   bool empty() const noexcept { return by_fd_.empty(); }
-  size_t size() const noexcept { return by_fd_.size(); }
+  // Fds with a reader or a writer (idle watchers are kept for reuse). O(fds).
+  size_t watched() const noexcept;
 
   // Before each poll: libuv hands fd changes to epoll only then, and aborts if
   // such an fd was closed meanwhile (asyncio tolerates closing a watched fd).

@@ -345,11 +345,10 @@ void register_health(py::class_<Loop>& cls) {
                                   h.mean() / 1e9, h.stddev() / 1e9);
           },
           "(count, min, max, mean, stddev) of the lag samples, in seconds.")
-      .def(
-          "_lag_percentile",
-          [](py::handle self, double percent) {
-            return to_seconds(core(self).lag().percentile(percent));
-          })
+      .def("_lag_percentile",
+           [](py::handle self, double percent) {
+             return to_seconds(core(self).lag().percentile(percent));
+           })
       .def("_lag_reset", [](py::handle self) { core(self).lag().reset(); })
       .def(
           "_set_slow_threshold",

@@ -16,7 +16,8 @@ import signal
 import sys
 import traceback
 import types
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 __all__ = [
     "LagMonitor",
@@ -373,4 +374,3 @@ def _stop_all_monitors(loops):
             loop._stop_health_monitors()
         except Exception:  # noqa: BLE001 - at exit, one loop must not keep the others
             pass
-

@@ -185,6 +185,11 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# Told of each loop made and closed: objects with loop_created(loop) and
+# loop_closing(loop) (python -m fastloop --stats, in _stats.py).
+_OBSERVERS: list = []
+
+
 class Loop(
     SocketMethods,
     DnsMethods,
@@ -225,6 +230,9 @@ class Loop(
     """
 
     __module__ = "fastloop"
+    # A class attribute, not the module global: close() may run from __del__
+    # at interpreter exit, after the module's globals are gone.
+    _observers = _OBSERVERS
 
     def __init__(self):
         super().__init__()
@@ -247,6 +255,8 @@ class Loop(
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
         _LIVE_LOOPS.add(self)
+        for observer in _OBSERVERS:
+            observer.loop_created(self)
 
     def __repr__(self):
         return (
@@ -346,6 +356,8 @@ class Loop(
         self._watched_writers.clear()
         self._listeners.clear()  # the core closes them with the loop
         self._orphan_subprocesses()
+        for observer in self._observers:
+            observer.loop_closing(self)
         self._stop_health_monitors()
         self._close()
         if executor is not None:
