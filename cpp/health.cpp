@@ -79,9 +79,10 @@ namespace {
 constexpr int64_t kMs = 1000000;
 
 // How often slow callbacks are looked for: the start of one is known to
-// half of this.
+// half of this. At the default threshold (0.1 s) it is the lag monitor's
+// default resolution, so the two share the monitor's wake-ups.
 int64_t slow_period(int64_t threshold_ns) noexcept {
-  return std::clamp<int64_t>(threshold_ns / 20, kMs, 10 * kMs);
+  return std::clamp<int64_t>(threshold_ns / 10, kMs, 10 * kMs);
 }
 
 bool finalizing() noexcept {
@@ -104,8 +105,9 @@ void write_all(int fd, const char* text, size_t n) noexcept {
 
 }  // namespace
 
-Monitor::Monitor(Pulse* pulse, PyObject* loop_obj, const MonitorConfig& config)
-    : pulse_(pulse), loop_obj_(loop_obj), config_(config) {}
+Monitor::Monitor(Pulse* pulse, PyObject* loop_obj, const MonitorConfig& config,
+                 void (*wake)(void*), void* wake_arg)
+    : pulse_(pulse), loop_obj_(loop_obj), wake_(wake), wake_arg_(wake_arg), config_(config) {}
 
 Monitor::~Monitor() {
   // stop() ran (the loop's close), or this is a child of fork, where the
@@ -150,7 +152,9 @@ void Monitor::watch_lag(int64_t now, int64_t* next) noexcept {
   const int64_t due = pulse_->lag_due_ns.load(std::memory_order_relaxed);
   if (due == 0) return;
   if (now >= due) {
-    pulse_->attention.fetch_or(kLagDue, std::memory_order_relaxed);
+    // Flag, then wake a sleeping loop (see Loop::poll_io for the order).
+    pulse_->attention.fetch_or(kLagDue, std::memory_order_seq_cst);
+    if (pulse_->in_kernel.load(std::memory_order_seq_cst)) wake_(wake_arg_);
     // The loop moves the due time when it takes the sample; until then,
     // look again a resolution later.
     *next = std::min(*next, now + config_.lag_resolution_ns);

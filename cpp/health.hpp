@@ -18,11 +18,12 @@
 //     callback:
 //       * lag: when a sample falls due, the loop reads the clock at its next
 //         iteration and records how late that is; a loop blocked in a poll
-//         wakes itself for it (its poll timeout includes the due time);
+//         is woken for it by the monitor (its poll timeout stays as it is:
+//         a timeout costs each blocking epoll_wait ~100 ns);
 //       * slow callbacks: a callback the monitor sees running past the
 //         threshold is flagged, and when it returns the loop reads the clock
 //         once, for that callback only. The start is the monitor's estimate,
-//         accurate to half its period (threshold / 20, 1 ms to 10 ms);
+//         accurate to half its period (threshold / 10, 1 ms to 10 ms);
 //       * stalls: no counter moves and the loop is not in a poll for
 //         `stall` seconds. The monitor reports it (the stack of the loop's
 //         thread is dumped by faulthandler's signal handler, which runs in
@@ -127,7 +128,9 @@ class Monitor {
  public:
   // `loop_obj` (borrowed) is the Python loop the stall hook is given; the
   // loop stops the monitor before it goes.
-  Monitor(Pulse* pulse, PyObject* loop_obj, const MonitorConfig& config);
+  // `wake(wake_arg)` ends the loop's blocking poll (any thread, no GIL).
+  Monitor(Pulse* pulse, PyObject* loop_obj, const MonitorConfig& config, void (*wake)(void*),
+          void* wake_arg);
   ~Monitor();
   Monitor(const Monitor&) = delete;
   Monitor& operator=(const Monitor&) = delete;
@@ -147,6 +150,8 @@ class Monitor {
 
   Pulse* pulse_;
   PyObject* loop_obj_;
+  void (*wake_)(void*);
+  void* wake_arg_;
   std::mutex mu_;
   std::condition_variable cv_;
   MonitorConfig config_;

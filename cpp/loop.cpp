@@ -251,13 +251,10 @@ void Loop::poll_io(bool may_block) {
     return;
   }
   int64_t timeout_ms = -1;
-  if (!timers_.empty() || lag_due_ns_ != 0) {
-    // The earliest timer, or the next lag sample, whichever comes first.
-    double deadline = timers_.empty() ? HUGE_VAL : timers_.earliest();
-    if (lag_due_ns_ != 0) deadline = std::min(deadline, static_cast<double>(lag_due_ns_) / 1e9);
+  if (!timers_.empty()) {
     // Capped at a day: the loop re-arms, and the cast stays defined for
     // deadlines at infinity.
-    const double delay = std::min(deadline - monotonic_seconds(), 86400.0);
+    const double delay = std::min(timers_.earliest() - monotonic_seconds(), 86400.0);
     timeout_ms = delay <= 0 ? 0 : static_cast<int64_t>(std::ceil(delay * 1e3));
   }
   if (timeout_ms == 0) {
@@ -274,7 +271,14 @@ void Loop::poll_io(bool may_block) {
   }
   sleeping_ = true;
   idle_start_ns_ = now_ns();
-  pulse_.in_kernel.store(true, std::memory_order_relaxed);
+  // A lag sample falling due while the loop sleeps: the monitor thread flags
+  // it, then wakes the loop if it sees it in the kernel. Either it sees
+  // in_kernel, or the loop sees the flag here (both sequentially consistent).
+  // The poll's timeout is left alone: a timeout costs every blocking
+  // epoll_wait ~100 ns, where this costs one wake-up per sample.
+  pulse_.in_kernel.store(true, std::memory_order_seq_cst);
+  const bool lag_due = lag_due_ns_ != 0 &&
+                       (pulse_.attention.load(std::memory_order_seq_cst) & kLagDue) != 0;
   // The GIL is released while libuv waits in the kernel: nothing here touches
   // Python, and callbacks that do take the GIL back (GilFromLibuv).
   released_tstate_ = PyEval_SaveThread();
@@ -282,7 +286,7 @@ void Loop::poll_io(bool may_block) {
     // Fault injection: let libuv's clock pass the deadline just armed.
     usleep(static_cast<useconds_t>(g_debug_counters.arm_delay_us));
   }
-  uv_run(&uv_, UV_RUN_ONCE);
+  uv_run(&uv_, lag_due ? UV_RUN_NOWAIT : UV_RUN_ONCE);
   // A callback may have taken the GIL back already (GilFromLibuv).
   if (released_tstate_ != nullptr) {
     PyEval_RestoreThread(std::exchange(released_tstate_, nullptr));
@@ -326,9 +330,11 @@ bool Loop::run_iteration() {
     return false;
   }
   if (lag_due_ns_ != 0) {
-    const bool blocked = idle_end_ns_ != polls_before;
-    if (blocked || (pulse_.attention.load(std::memory_order_relaxed) & kLagDue) != 0) {
-      take_lag_sample(blocked);
+    // Due by the monitor's flag (a busy loop) or by the clock the end of a
+    // blocking poll read (a loop that woke for the sample, or for I/O).
+    const bool flagged = (pulse_.attention.load(std::memory_order_relaxed) & kLagDue) != 0;
+    if (flagged || (idle_end_ns_ != polls_before && idle_end_ns_ >= lag_due_ns_)) {
+      take_lag_sample(flagged);
     }
   }
 
@@ -518,9 +524,10 @@ Loop::Metrics Loop::metrics() const noexcept {
   };
 }
 
-void Loop::take_lag_sample(bool after_blocking_poll) {
-  pulse_.attention.fetch_and(~static_cast<uint32_t>(kLagDue), std::memory_order_relaxed);
-  const int64_t now = after_blocking_poll ? idle_end_ns_ : now_ns();
+void Loop::take_lag_sample(bool flagged) {
+  if (flagged) pulse_.attention.fetch_and(~static_cast<uint32_t>(kLagDue), std::memory_order_relaxed);
+  // Now, not when the poll ended: the protocol callbacks it ran are lag too.
+  const int64_t now = now_ns();
   if (now < lag_due_ns_) return;
   lag_.record(now - lag_due_ns_);
   lag_due_ns_ = now + monitor_config_.lag_resolution_ns;
@@ -562,10 +569,17 @@ bool Loop::apply_monitor_config(PyObject* py_self, const MonitorConfig& config) 
     monitor_->reconfigure(config);
     return true;
   }
-  auto monitor = std::make_unique<Monitor>(&pulse_, py_self, config);
+  auto monitor = std::make_unique<Monitor>(&pulse_, py_self, config, &Loop::wake_for_monitor, this);
   if (!monitor->start()) return false;
   monitor_ = std::move(monitor);
   return true;
+}
+
+void Loop::wake_for_monitor(void* loop) noexcept {
+  // From the monitor thread, without the GIL: the wake-up is made before the
+  // monitor starts and closed after it stopped; uv_async_send is thread-safe.
+  auto* self = static_cast<Loop*>(loop);
+  if (self->wakeup_ != nullptr) self->wakeup_->send();
 }
 
 void Loop::stop_monitor() noexcept {

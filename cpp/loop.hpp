@@ -252,11 +252,13 @@ class Loop {
     idle_end_ns_ = t;
     pulse_.in_kernel.store(false, std::memory_order_relaxed);
   }
-  void take_lag_sample(bool after_blocking_poll);
+  // A lag sample fell due: take it (and clear the monitor's flag if set).
+  void take_lag_sample(bool flagged);
   // The monitor flagged the callback `h` that just returned as slow: time
   // it, and report it. False with an exception to propagate.
   bool check_slow_callback(HandleObject* h);
   bool apply_monitor_config(PyObject* py_self, const MonitorConfig& config);
+  static void wake_for_monitor(void* loop) noexcept;
   void stop_monitor() noexcept;
   void close_owners() noexcept;
   bool fail_open() noexcept;

@@ -48,8 +48,16 @@ def floop():
     assert not calls, f"unexpected exception handler calls: {calls}"
 
 
-def threads_of_this_process():
-    return len(os.listdir("/proc/self/task"))
+def monitor_threads():
+    """The native monitor threads of this process (named by the core)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # a thread that just ended
+            pass
+    return names.count("fastloop-mon")
 
 
 def run_script(code: str, timeout=30) -> subprocess.CompletedProcess:
@@ -457,20 +465,20 @@ def test_watchdog_arguments(floop, bad):
 
 def test_monitor_thread_ends_with_the_monitors_and_the_loop(floop):
     """The monitor is a native thread: it exists only while something is watched."""
-    base = threads_of_this_process()
+    base = monitor_threads()
     lag = floop.monitor_lag()
-    assert threads_of_this_process() == base + 1
+    assert monitor_threads() == base + 1
     floop.set_slow_callback_handler(0.1, print)
     floop.start_watchdog(1, handler=print)
-    assert threads_of_this_process() == base + 1  # one thread for all three
+    assert monitor_threads() == base + 1  # one thread for all three
     lag.stop()
     floop.set_slow_callback_handler(0.1, None)
     floop.stop_watchdog()
-    assert threads_of_this_process() == base
+    assert monitor_threads() == base
     floop.monitor_lag()
     floop.start_watchdog(1)
     floop.close()
-    assert threads_of_this_process() == base
+    assert monitor_threads() == base
 
 
 def test_closed_loop_raises_as_asyncio_does(floop):

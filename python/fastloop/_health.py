@@ -61,7 +61,7 @@ class Utilization(NamedTuple):
 class SlowCallback(NamedTuple):
     """What loop.set_slow_callback_handler()'s handler is given."""
 
-    duration: float  # seconds the callback ran (to within threshold / 40, 0.5 ms at best)
+    duration: float  # seconds it ran, to within threshold / 20 (0.5 ms to 5 ms)
     callback: Any  # what ran: the handle's callback
     task: asyncio.Task | None  # the task whose step it was, if it was one
     name: str  # the coroutine's qualified name, or the callback's
@@ -84,7 +84,9 @@ class LagMonitor:
     """The histogram of how late the loop's lag samples fired (loop.monitor_lag()).
 
     Values are seconds, kept with nanosecond resolution; percentiles are
-    within 3.2% of the exact value. Memory is bounded (16 KiB).
+    within 3.2% of the exact value. Memory is bounded (16 KiB). A loop has one
+    histogram: a monitor started after this one stopped starts it afresh, and
+    this object then reads the new samples.
     """
 
     __slots__ = ("_loop", "resolution")
