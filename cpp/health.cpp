@@ -105,8 +105,8 @@ void write_all(int fd, const char* text, size_t n) noexcept {
 
 }  // namespace
 
-Monitor::Monitor(Pulse* pulse, PyObject* loop_obj, const MonitorConfig& config,
-                 void (*wake)(void*), void* wake_arg)
+Monitor::Monitor(Pulse* pulse, PyObject* loop_obj, const MonitorConfig& config, void (*wake)(void*),
+                 void* wake_arg)
     : pulse_(pulse), loop_obj_(loop_obj), wake_(wake), wake_arg_(wake_arg), config_(config) {}
 
 Monitor::~Monitor() {

@@ -277,8 +277,8 @@ void Loop::poll_io(bool may_block) {
   // The poll's timeout is left alone: a timeout costs every blocking
   // epoll_wait ~100 ns, where this costs one wake-up per sample.
   pulse_.in_kernel.store(true, std::memory_order_seq_cst);
-  const bool lag_due = lag_due_ns_ != 0 &&
-                       (pulse_.attention.load(std::memory_order_seq_cst) & kLagDue) != 0;
+  const bool lag_due =
+      lag_due_ns_ != 0 && (pulse_.attention.load(std::memory_order_seq_cst) & kLagDue) != 0;
   // The GIL is released while libuv waits in the kernel: nothing here touches
   // Python, and callbacks that do take the GIL back (GilFromLibuv).
   released_tstate_ = PyEval_SaveThread();
@@ -525,7 +525,8 @@ Loop::Metrics Loop::metrics() const noexcept {
 }
 
 void Loop::take_lag_sample(bool flagged) {
-  if (flagged) pulse_.attention.fetch_and(~static_cast<uint32_t>(kLagDue), std::memory_order_relaxed);
+  if (flagged)
+    pulse_.attention.fetch_and(~static_cast<uint32_t>(kLagDue), std::memory_order_relaxed);
   // Now, not when the poll ended: the protocol callbacks it ran are lag too.
   const int64_t now = now_ns();
   if (now < lag_due_ns_) return;
