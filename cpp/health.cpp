@@ -118,6 +118,8 @@ Monitor::~Monitor() {
 bool Monitor::start() noexcept {
   try {
     thread_ = std::thread([this] { run(); });
+    // Named here, not by the thread itself: named once start() returns.
+    pthread_setname_np(thread_.native_handle(), "fastloop-mon");
   } catch (const std::system_error& e) {
     PyErr_Format(PyExc_RuntimeError, "can't start the fastloop monitor thread: %s", e.what());
     return false;
@@ -247,7 +249,6 @@ void Monitor::report_stall(const MonitorConfig& config, bool ended, double secon
 }
 
 void Monitor::run() noexcept {
-  pthread_setname_np(pthread_self(), "fastloop-mon");
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_.load()) {
     const int64_t now = now_ns();
