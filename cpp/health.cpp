@@ -227,9 +227,22 @@ void Monitor::report_stall(const MonitorConfig& config, bool ended, double secon
                               "the stack of its thread:\n",
                               seconds);
     if (n > 0) write_all(config.stall_fd, line, std::min(static_cast<size_t>(n), sizeof line - 1));
+    if (ended || thread == 0) return;
     // faulthandler's handler for this signal dumps the stack of the thread
-    // it runs in: the loop's, whether that holds the GIL or not.
-    if (!ended && thread != 0) pthread_kill(static_cast<pthread_t>(thread), config.stall_signum);
+    // it runs in: the loop's, whether that holds the GIL or not. Without a
+    // handler (unregistered behind our back), the signal's default action
+    // would end the process: say so instead.
+    struct sigaction current {};
+    if (sigaction(config.stall_signum, nullptr, &current) != 0 || current.sa_handler == SIG_DFL ||
+        current.sa_handler == SIG_IGN) {
+      const int m = std::snprintf(line, sizeof line,
+                                  "fastloop: (no handler for signal %d any more: no stack)\n",
+                                  config.stall_signum);
+      if (m > 0)
+        write_all(config.stall_fd, line, std::min(static_cast<size_t>(m), sizeof line - 1));
+      return;
+    }
+    pthread_kill(static_cast<pthread_t>(thread), config.stall_signum);
     return;
   }
   const PyGILState_STATE gil = PyGILState_Ensure();

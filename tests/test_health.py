@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -713,3 +714,46 @@ def test_stats_options_errors():
             [sys.executable, "-m", "fastloop", *args], capture_output=True, text=True, timeout=30
         )
         assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_file_watchdogs_share_the_signal_and_survive_its_loss(tmp_path):
+    """Two loops' file watchdogs share faulthandler's process-wide signal: one
+    stopping leaves the other's dump working; and a signal unregistered behind
+    the watchdog's back is reported, not sent (its default action would end the
+    process). A child process, as the signal registration is process-wide."""
+    out = tmp_path / "stall.txt"
+    r = run_script(
+        f"""
+        import asyncio, faulthandler, time, fastloop
+        from fastloop._health import DEFAULT_WATCHDOG_SIGNAL
+
+        def stall_on(loop):
+            async def main():
+                await asyncio.sleep(0.02)
+                loop.call_soon(time.sleep, 0.4)
+                await asyncio.sleep(0)
+                await asyncio.sleep(0.2)
+            loop.run_until_complete(main())
+
+        with open({str(out)!r}, "w") as f:
+            a, b = fastloop.new_event_loop(), fastloop.new_event_loop()
+            a.start_watchdog(0.2, resolution=0.02, file=f)
+            b.start_watchdog(0.2, resolution=0.02, file=f)
+            a.stop_watchdog()
+            stall_on(b)  # b's dump still works
+            f.write("--- unregistered\\n")
+            f.flush()
+            faulthandler.unregister(DEFAULT_WATCHDOG_SIGNAL)
+            stall_on(b)  # no handler: said, not sent
+            a.close()
+            b.close()
+        print("alive")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "alive"
+    first, second = out.read_text().split("--- unregistered\n")
+    assert "in stall_on" in first and "has not polled for" in first, first
+    assert "has not polled for" in second, second
+    assert f"no handler for signal {int(signal.SIGRTMAX) - 3} any more" in second, second
+    assert "in stall_on" not in second, second

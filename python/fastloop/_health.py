@@ -247,18 +247,16 @@ class HealthMethods:
             raise ValueError("give a file or a handler, not both")
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        self._unregister_watchdog_signal()
         fd = -1
         sig = 0
         if handler is None:
-            import faulthandler
-
             if file is None:
                 file = sys.stderr
             fd = file if isinstance(file, int) else file.fileno()
             sig = DEFAULT_WATCHDOG_SIGNAL if signum is None else int(signum)
-            faulthandler.register(sig, file=file, all_threads=False, chain=False)
-            self._watchdog_signal = sig
+            _register_watchdog_signal(sig, file)  # before the old one goes: it may be the same
+        self._unregister_watchdog_signal()
+        self._watchdog_signal = sig if handler is None else None
         self._stall_handler = handler
         self._set_watchdog(stall, resolution, fd, sig, handler is not None)
 
@@ -272,10 +270,8 @@ class HealthMethods:
     def _unregister_watchdog_signal(self):
         sig = self._watchdog_signal
         if sig is not None:
-            import faulthandler
-
             self._watchdog_signal = None
-            faulthandler.unregister(sig)
+            _unregister_watchdog_signal(sig)
 
     def _stop_health_monitors(self):
         """At close and at interpreter exit: the monitor thread must be gone
@@ -287,6 +283,32 @@ class HealthMethods:
         self._unregister_watchdog_signal()
         self._stall_handler = None
         self._slow_callback_handler = None
+
+
+# ---- the file watchdogs' signal -----------------------------------------------------
+
+# How many file watchdogs use each signal. faulthandler's registration is
+# process-wide: the last start_watchdog(file=...) names the file, and the
+# signal is unregistered when the last of them stops.
+_WATCHDOG_SIGNAL_USERS: dict[int, int] = {}
+
+
+def _register_watchdog_signal(sig: int, file) -> None:
+    import faulthandler
+
+    faulthandler.register(sig, file=file, all_threads=False, chain=False)
+    _WATCHDOG_SIGNAL_USERS[sig] = _WATCHDOG_SIGNAL_USERS.get(sig, 0) + 1
+
+
+def _unregister_watchdog_signal(sig: int) -> None:
+    import faulthandler
+
+    left = _WATCHDOG_SIGNAL_USERS.get(sig, 0) - 1
+    if left > 0:
+        _WATCHDOG_SIGNAL_USERS[sig] = left
+        return
+    _WATCHDOG_SIGNAL_USERS.pop(sig, None)
+    faulthandler.unregister(sig)
 
 
 # ---- reports ------------------------------------------------------------------
