@@ -36,19 +36,13 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <ctime>
 #include <mutex>
 #include <thread>
 #include <vector>
 
-namespace fastloop {
+#include "pyutil.hpp"  // now_ns()
 
-// CLOCK_MONOTONIC (time.monotonic()'s clock) in nanoseconds.
-inline int64_t now_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
+namespace fastloop {
 
 // Adds one to a counter that only the loop thread writes.
 inline void bump(std::atomic<uint64_t>& counter) noexcept {

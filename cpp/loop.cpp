@@ -276,9 +276,13 @@ void Loop::poll_io(bool may_block) {
   // in_kernel, or the loop sees the flag here (both sequentially consistent).
   // The poll's timeout is left alone: a timeout costs every blocking
   // epoll_wait ~100 ns, where this costs one wake-up per sample.
-  pulse_.in_kernel.store(true, std::memory_order_seq_cst);
-  const bool lag_due =
-      lag_due_ns_ != 0 && (pulse_.attention.load(std::memory_order_seq_cst) & kLagDue) != 0;
+  bool lag_due = false;
+  if (lag_due_ns_ != 0) {
+    pulse_.in_kernel.store(true, std::memory_order_seq_cst);
+    lag_due = (pulse_.attention.load(std::memory_order_seq_cst) & kLagDue) != 0;
+  } else {
+    pulse_.in_kernel.store(true, std::memory_order_relaxed);  // no locked xchg per poll
+  }
   // The GIL is released while libuv waits in the kernel: nothing here touches
   // Python, and callbacks that do take the GIL back (GilFromLibuv).
   released_tstate_ = PyEval_SaveThread();

@@ -72,11 +72,13 @@ inline void restore_exception(PyObject* exc) noexcept {
 
 // The clock of time.monotonic(), with the same conversion to seconds, so
 // loop.time() and time.monotonic() can be compared directly.
-inline double monotonic_seconds() noexcept {
+inline int64_t now_ns() noexcept {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  const int64_t ns = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-  return static_cast<double>(ns) / 1e9;
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+inline double monotonic_seconds() noexcept {
+  return static_cast<double>(now_ns()) / 1e9;
 }
 
 // Interned strings used on hot paths, created once at module init.

@@ -459,6 +459,8 @@ def test_watchdog_arguments(floop, bad):
         floop.start_watchdog(1, file=sys.stderr, handler=print)
     with pytest.raises(TypeError, match="callable"):
         floop.start_watchdog(1, handler=3)
+    with pytest.raises(TypeError, match="file must be a file"):
+        floop.start_watchdog(1, file=object())
 
 
 # ---- the monitor thread's life ----------------------------------------------------------
@@ -586,7 +588,8 @@ def test_everything_works_after_fork():
 def test_prometheus_collector_exports_the_values(floop):
     """fastloop.prometheus reads loop.metrics() and the lag monitor. fastloop only."""
     prometheus_client = pytest.importorskip(
-        "prometheus_client", reason="requirements-test.txt installs it"
+        "prometheus_client",
+        reason="needs prometheus-client, optional for fastloop (requirements-test.txt installs it)",
     )
     from fastloop.prometheus import LoopCollector
 
@@ -620,7 +623,8 @@ def test_prometheus_collector_exports_the_values(floop):
 def test_opentelemetry_instrumentation_exports_the_values(floop):
     """fastloop.otel, read through the SDK's in-memory reader. fastloop only."""
     sdk_metrics = pytest.importorskip(
-        "opentelemetry.sdk.metrics", reason="requirements-test.txt installs it"
+        "opentelemetry.sdk.metrics",
+        reason="needs opentelemetry-sdk, optional for fastloop (requirements-test.txt installs it)",
     )
     from fastloop.otel import LoopInstrumentation
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader

@@ -105,28 +105,15 @@ class LagMonitor:
     def running(self) -> bool:
         return self._loop._lag_running and self._loop._lag_monitor is self
 
-    def _stats(self):
-        return self._loop._lag_stats()
+    def _stat(index: int, doc: str):  # noqa: N805 - builds the properties below
+        return property(lambda self: self._loop._lag_stats()[index], doc=doc)
 
-    @property
-    def count(self) -> int:
-        return self._stats()[0]
-
-    @property
-    def min(self) -> float:
-        return self._stats()[1]
-
-    @property
-    def max(self) -> float:
-        return self._stats()[2]
-
-    @property
-    def mean(self) -> float:
-        return self._stats()[3]
-
-    @property
-    def stddev(self) -> float:
-        return self._stats()[4]
+    count = _stat(0, "Samples taken.")
+    min = _stat(1, "The smallest lag sampled (0.0 before any sample).")
+    max = _stat(2, "The largest lag sampled.")
+    mean = _stat(3, "The mean lag.")
+    stddev = _stat(4, "The standard deviation of the lag.")
+    del _stat
 
     def percentile(self, p: float) -> float:
         """The lag at or below which p percent of the samples fall (0 < p <= 100)."""
@@ -252,6 +239,10 @@ class HealthMethods:
         if handler is None:
             if file is None:
                 file = sys.stderr
+            if isinstance(file, bool) or not (isinstance(file, int) or hasattr(file, "fileno")):
+                raise TypeError(
+                    f"file must be a file or a file descriptor, not {type(file).__name__}"
+                )
             fd = file if isinstance(file, int) else file.fileno()
             sig = DEFAULT_WATCHDOG_SIGNAL if signum is None else int(signum)
             _register_watchdog_signal(sig, file)  # before the old one goes: it may be the same

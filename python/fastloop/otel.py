@@ -27,6 +27,17 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 __all__ = ["LoopInstrumentation"]
 
+# (kind, metrics() field, unit, description): fastloop.loop.<field>
+_LOOP_FIELDS = (
+    ("counter", "iterations", "{iteration}", "Event loop iterations run"),
+    ("counter", "callbacks", "{callback}", "Callbacks run from the ready queue"),
+    ("counter", "io_events", "{event}", "I/O callbacks into Python"),
+    ("updown", "ready", "{callback}", "Callbacks waiting in the ready queue"),
+    ("updown", "timers", "{timer}", "Timers scheduled and not cancelled"),
+    ("updown", "fds", "{fd}", "File descriptors watched with add_reader/add_writer"),
+    ("updown", "transports", "{transport}", "Native transports, servers and subprocess handles"),
+)
+
 _LAG = (
     ("min", "The minimum event loop delay sampled"),
     ("max", "The maximum event loop delay sampled"),
@@ -57,59 +68,22 @@ class LoopInstrumentation:
         self._last_utilization = None
         self._enabled = True
         meter = metrics.get_meter("fastloop", __version__, meter_provider=meter_provider)
-        counter = meter.create_observable_counter
-        gauge = meter.create_observable_gauge
-        updown = meter.create_observable_up_down_counter
+        kinds = {
+            "counter": meter.create_observable_counter,
+            "updown": meter.create_observable_up_down_counter,
+        }
         self._instruments = [
-            counter(
-                "fastloop.loop.iterations",
-                [self._field("iterations")],
-                "{iteration}",
-                "Event loop iterations run",
-            ),
-            counter(
-                "fastloop.loop.callbacks",
-                [self._field("callbacks")],
-                "{callback}",
-                "Callbacks run from the ready queue",
-            ),
-            counter(
-                "fastloop.loop.io_events",
-                [self._field("io_events")],
-                "{event}",
-                "I/O callbacks into Python",
-            ),
-            updown(
-                "fastloop.loop.ready",
-                [self._field("ready")],
-                "{callback}",
-                "Callbacks waiting in the ready queue",
-            ),
-            updown(
-                "fastloop.loop.timers",
-                [self._field("timers")],
-                "{timer}",
-                "Timers scheduled and not cancelled",
-            ),
-            updown(
-                "fastloop.loop.fds",
-                [self._field("fds")],
-                "{fd}",
-                "File descriptors watched with add_reader/add_writer",
-            ),
-            updown(
-                "fastloop.loop.transports",
-                [self._field("transports")],
-                "{transport}",
-                "Native transports, servers and subprocess handles open",
-            ),
-            counter(
+            kinds[kind](f"fastloop.loop.{field}", [self._field(field)], unit, doc)
+            for kind, field, unit, doc in _LOOP_FIELDS
+        ]
+        self._instruments += [
+            meter.create_observable_counter(
                 "fastloop.eventloop.time",
                 [self._time],
                 "s",
                 "Seconds the event loop spent idle (state=idle) or running (state=active)",
             ),
-            gauge(
+            meter.create_observable_gauge(
                 "fastloop.eventloop.utilization",
                 [self._utilization],
                 "1",
@@ -118,7 +92,9 @@ class LoopInstrumentation:
         ]
         for key, doc in _LAG:
             self._instruments.append(
-                gauge(f"fastloop.eventloop.delay.{key}", [self._lag(key)], "s", doc)
+                meter.create_observable_gauge(
+                    f"fastloop.eventloop.delay.{key}", [self._lag(key)], "s", doc
+                )
             )
 
     def uninstrument(self) -> None:
